@@ -1,0 +1,27 @@
+"""Ingest image files under an input path into the Delta tables images, quarantine and duplicates.
+
+    ./spark-submit.sh ingest --input /data/raw-images [--set ingest.max_pixels=50000000]
+"""
+import sys
+from dataclasses import asdict
+
+from imgshards import cli
+from imgshards.ingest import run_ingest
+
+
+def parse_args(argv=None):
+    return cli.base_parser(__doc__)
+
+
+def run(spark, config, args, run_id):
+    if not config.input:
+        raise cli.ConfigError("input is not set: pass --input PATH or set input in the config file")
+    return {"input": config.input, "warehouse": config.warehouse, "ingest": asdict(run_ingest(spark, config, config.input, run_id))}
+
+
+def main(argv=None):
+    return cli.run_job("ingest", parse_args(argv), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

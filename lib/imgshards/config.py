@@ -1,0 +1,220 @@
+"""The pipeline configuration: one YAML file plus ``--set key=value`` overrides, validated once.
+
+Unknown keys and bad values raise :class:`ConfigError` naming the key and the value received.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from imgshards.imaging import OUTPUT_FORMATS
+
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "pipeline.yaml")
+
+
+class ConfigError(ValueError):
+    """A setting that is unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+
+    def validate(self) -> None:
+        for name in ("train", "val", "test"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"ingest.split.{name} must be between 0 and 1, got {value!r}")
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"ingest.split fractions must add up to 1, got {total:g}")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    extensions: tuple = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 89_478_485
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def validate(self) -> None:
+        if not self.extensions:
+            raise ConfigError("ingest.extensions must name at least one extension")
+        for ext in self.extensions:
+            if not isinstance(ext, str) or not ext or "." in ext or "/" in ext:
+                raise ConfigError(f"ingest.extensions: {ext!r} is not a bare extension like 'jpg'")
+        # Spark's binaryFile reader cannot hold a file above 2 GiB - 1 in one row.
+        if not 0 < self.max_bytes <= 2**31 - 1:
+            raise ConfigError(f"ingest.max_bytes must be in 1..{2**31 - 1}, got {self.max_bytes!r}")
+        if self.max_pixels <= 0:
+            raise ConfigError(f"ingest.max_pixels must be positive, got {self.max_pixels!r}")
+        self.split.validate()
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 224
+    output_format: str = "jpeg"
+    quality: int = 90
+    draft: bool = True
+
+    def validate(self) -> None:
+        if not 8 <= self.size <= 4096:
+            raise ConfigError(f"preprocess.size must be in 8..4096, got {self.size!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"preprocess.output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"preprocess.quality must be in 1..100, got {self.quality!r}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    row_group_size_mb: int = 32
+
+    def validate(self) -> None:
+        if not 1 <= self.row_group_size_mb <= 1024:
+            raise ConfigError(f"export.row_group_size_mb must be in 1..1024, got {self.row_group_size_mb!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    input: Optional[str] = None
+    warehouse: str = ".work/warehouse"
+    output: str = ".work/shards"
+    workdir: str = ".work"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def validate(self) -> None:
+        for name in ("warehouse", "output", "workdir"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must be a path, got {getattr(self, name)!r}")
+        self.ingest.validate()
+        self.preprocess.validate()
+        self.export.validate()
+
+    def table_path(self, table: str) -> str:
+        return join_path(self.warehouse, table)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short, stable hash of the named sections (all of them when none are named)."""
+        data = self.to_dict()
+        if sections:
+            data = {name: data[name] for name in sections}
+        canonical = json.dumps(data, sort_keys=True, default=list)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def join_path(base: str, *parts: str) -> str:
+    """Join path parts for local paths and URLs alike (os.path.join would mangle s3a://)."""
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
+
+
+def resolve_local(path: str) -> str:
+    """Make a local relative path absolute (so Spark, Delta and Petastorm agree); leave URLs alone."""
+    if "://" in path:
+        return path
+    return os.path.abspath(path)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass field type and convert where it is safe (int -> float, list -> tuple)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(key, value, args[0])
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return _build(annotation, value, prefix=key + ".")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if annotation is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(str(v).lower() for v in value)
+    raise TypeError(f"no coercion for {key} of type {annotation!r}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {name: _coerce(prefix + name, value, hints[name]) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'preprocess.size=128'`` -> ``('preprocess.size', 128)``; the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+    return key.strip(), value
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Load ``path`` (default: conf/pipeline.yaml, or the built-in defaults when installed without conf/), apply ``key=value`` overrides, validate, return the config."""
+    data = _read_yaml(path or DEFAULT_CONFIG_PATH) if path or os.path.exists(DEFAULT_CONFIG_PATH) else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    config = _build(PipelineConfig, data)
+    config.validate()
+    return config

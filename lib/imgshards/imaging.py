@@ -1,0 +1,172 @@
+"""Pure image functions on bytes: probe a header, and decode -> orient -> RGB -> resize/crop -> encode.
+
+Nothing here touches Spark. Every failure is an :class:`ImageError` whose ``reason`` comes from the fixed
+vocabulary in :data:`QUARANTINE_REASONS`, so a caller can turn it into a quarantine row.
+"""
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Why a file was quarantined. Documented in the README; tests check against this set.
+QUARANTINE_REASONS = {
+    "zero_byte": "the file is empty",
+    "not_an_image": "no image decoder recognises the bytes",
+    "unsupported_format": "an image format this pipeline does not take (see SUPPORTED_FORMATS)",
+    "truncated": "the image data ends before the image does",
+    "too_large_bytes": "the file is larger than ingest.max_bytes",
+    "too_many_pixels": "width x height exceeds ingest.max_pixels (decompression-bomb guard)",
+    "corrupt": "the decoder rejected the image data",
+    "unreadable": "the file could not be read from storage",
+}
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "PPM", "TGA"})
+RESIZE_MODES = ("shorter_side_crop",)
+OUTPUT_FORMATS = ("jpeg", "png")
+
+# Background that transparent pixels are composited onto before RGB conversion.
+_BACKGROUND = (255, 255, 255)
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a quarantine ``reason`` and a human ``detail``."""
+
+    def __init__(self, reason: str, detail: str):
+        if reason not in QUARANTINE_REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) with our own pixel limit instead of Pillow's process-global one."""
+    if not data:
+        raise ImageError("zero_byte", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_many_pixels", str(e)) from e
+    except UnidentifiedImageError as e:
+        raise ImageError("not_an_image", "no decoder recognises the data") from e
+    except (OSError, ValueError, SyntaxError, TypeError, struct.error, EOFError) as e:
+        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+    if img.format not in SUPPORTED_FORMATS:
+        raise ImageError("unsupported_format", f"format {img.format}")
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError("corrupt", f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError("too_many_pixels", f"{width}x{height} = {width * height} px > max_pixels {max_pixels}")
+    return img
+
+
+def _looks_truncated(data: bytes, fmt: str) -> bool:
+    """Cheap end-of-stream check without decoding: JPEG must end with EOI, PNG with an IEND chunk."""
+    tail = data[-64:].rstrip(b"\x00\r\n ")
+    if fmt in ("JPEG", "MPO"):
+        return not tail.endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return b"IEND" not in data[-32:]
+    return False
+
+
+def probe(data: bytes, max_pixels: int) -> ImageInfo:
+    """Read format and size from the header (no pixel decode). Raises :class:`ImageError`."""
+    img = _open(data, max_pixels)
+    if _looks_truncated(data, img.format):
+        raise ImageError("truncated", f"{img.format} stream has no end marker")
+    return ImageInfo(format=img.format, width=img.size[0], height=img.size[1], mode=img.mode)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            arr8 = np.clip(arr, 0, 255).astype(np.uint8)
+        else:
+            # 16-bit samples (I;16*, and 'I' as Pillow opens 16-bit PNGs): keep the high byte.
+            arr8 = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) or (
+        mode in ("L", "RGB") and "transparency" in img.info
+    ):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """Source-space box that, resized to size x size, is 'shorter side to size, then center crop'."""
+    side = min(width, height)
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def process(
+    data: bytes,
+    *,
+    size: int,
+    output_format: str = "jpeg",
+    quality: int = 90,
+    max_pixels: int = 89_478_485,
+    draft: bool = True,
+) -> tuple[bytes, int, int]:
+    """Decode, apply EXIF orientation, convert to RGB, resize the shorter side to ``size`` and
+    center-crop to ``size`` x ``size``, then encode as JPEG (``quality``) or PNG.
+
+    Returns ``(encoded_bytes, width, height)``. Raises :class:`ImageError` for any bad input.
+    ``draft`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT when the output is that much smaller.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    img = _open(data, max_pixels)
+    try:
+        if draft and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            w, h = img.size
+            scale = size / min(w, h)
+            if scale < 0.5:
+                img.draft(img.mode, (math.ceil(w * scale), math.ceil(h * scale)))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = to_rgb(img)
+        box = center_crop_box(img.size[0], img.size[1], size)
+        img = img.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
+        out = io.BytesIO()
+        if output_format == "jpeg":
+            img.save(out, format="JPEG", quality=quality)
+        else:
+            img.save(out, format="PNG", compress_level=1)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_many_pixels", str(e)) from e
+    except (OSError, SyntaxError, EOFError) as e:
+        msg = str(e)
+        reason = "truncated" if "truncated" in msg or isinstance(e, EOFError) else "corrupt"
+        raise ImageError(reason, f"{type(e).__name__}: {msg}") from e
+    except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, NotImplementedError, MemoryError) as e:
+        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+    return out.getvalue(), size, size

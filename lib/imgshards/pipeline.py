@@ -1,0 +1,75 @@
+"""ingest -> preprocess -> export in one run, with a summary whose counts add up."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from pyspark.sql import SparkSession
+
+from imgshards.config import PipelineConfig, join_path
+from imgshards.export import run_export
+from imgshards.ingest import run_ingest
+from imgshards.preprocess import run_preprocess
+from imgshards.sample import make_sample_dataset
+
+log = logging.getLogger(__name__)
+
+SAMPLE_DIR = "sample"
+
+
+def ensure_sample_input(config: PipelineConfig) -> str:
+    """The embedded sample dataset under ``<workdir>/sample``, generated once (it is deterministic)."""
+    root = os.path.join(config.workdir, SAMPLE_DIR)
+    marker = root + ".complete"  # beside the folder, so it is not one of the sample's files
+    if not os.path.exists(marker):
+        log.info("no input configured: generating the sample dataset in %s", root)
+        manifest = make_sample_dataset(root)
+        with open(marker, "w") as f:
+            f.write(f"{manifest.files}\n")
+    return root
+
+
+def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict:
+    input_root = config.input or ensure_sample_input(config)
+    ingest = run_ingest(spark, config, input_root, run_id)
+    preprocess = run_preprocess(spark, config, run_id)
+    export = run_export(spark, config, run_id, preprocess.source_version)
+    return {
+        "input": input_root,
+        "tables": {name: join_path(config.warehouse, name) for name in ("images", "quarantine", "duplicates", "processed")},
+        "per_class": export.counts,
+        "output": export.output,
+        "ingest": dataclasses.asdict(ingest),
+        "preprocess": dataclasses.asdict(preprocess),
+        "export": {"source_version": export.source_version, "classes": export.classes,
+                   "rows": {split: sum(c.values()) for split, c in export.counts.items()}},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The human-readable run summary the pipeline prints."""
+    ingest, pre, export = summary["ingest"], summary["preprocess"], summary["export"]
+    reasons = ", ".join(f"{k}={v}" for k, v in ingest["quarantine_reasons"].items()) or "none"
+    pre_reasons = ", ".join(f"{k}={v}" for k, v in (pre["quarantine_reasons"] or {}).items()) or "none"
+    lines = [
+        f"run {summary['run_id']}",
+        f"input          {summary['input']}",
+        "ingest",
+        f"  files seen   {ingest['seen']} = ingested {ingest['ingested']} + updated {ingest['updated']}"
+        f" + unchanged {ingest['unchanged']} + duplicates {ingest['duplicates']} + quarantined {ingest['quarantined']}"
+        f" + skipped {ingest['skipped_hidden'] + ingest['skipped_non_image']}"
+        f" (hidden {ingest['skipped_hidden']}, non-image {ingest['skipped_non_image']})",
+        f"  quarantined  {reasons}",
+        "preprocess",
+        f"  images v{pre['source_version']}    processed {pre['processed']} + already processed {pre['already_processed']}"
+        f" + quarantined {pre['quarantined']} ({pre_reasons})",
+        "export",
+        f"  shards       {summary['output']}",
+    ]
+    for split, rows in export["rows"].items():
+        lines.append(f"  {split:<12} {rows} rows")
+    lines.append(f"  classes      {', '.join(export['classes']) or '(unlabeled)'}")
+    lines.append("tables")
+    lines += [f"  {name:<12} {path}" for name, path in summary["tables"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""One schema per table and per exported dataset, defined here and imported everywhere."""
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql.types import (
+    BinaryType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+IMAGES_TABLE = "images"
+QUARANTINE_TABLE = "quarantine"
+DUPLICATES_TABLE = "duplicates"
+PROCESSED_TABLE = "processed"
+
+SPLITS = ("train", "val", "test")
+
+# Delta table `images`: one row per distinct image content that was accepted.
+IMAGES_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("content", BinaryType(), False),
+        StructField("sha256", StringType(), False),
+        StructField("size_bytes", LongType(), False),
+        StructField("format", StringType(), False),
+        StructField("width", IntegerType(), False),
+        StructField("height", IntegerType(), False),
+        StructField("split", StringType(), False),
+        StructField("ingested_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+# Delta table `quarantine`: one row per (path, stage) that could not be used, with a reason from
+# imaging.QUARANTINE_REASONS.
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("stage", StringType(), False),
+        StructField("reason", StringType(), False),
+        StructField("detail", StringType(), True),
+        StructField("size_bytes", LongType(), True),
+        StructField("sha256", StringType(), True),
+        StructField("quarantined_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+# Delta table `duplicates`: files whose content is already in `images` under another path.
+DUPLICATES_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("sha256", StringType(), False),
+        StructField("duplicate_of", StringType(), False),
+        StructField("detected_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+# Delta table `processed`: one row per output sample and preprocess config.
+PROCESSED_SCHEMA = StructType(
+    [
+        StructField("sha256", StringType(), False),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("split", StringType(), False),
+        StructField("image", BinaryType(), False),
+        StructField("image_format", StringType(), False),
+        StructField("width", IntegerType(), False),
+        StructField("height", IntegerType(), False),
+        StructField("config_fingerprint", StringType(), False),
+        StructField("source_version", LongType(), False),
+        StructField("backend", StringType(), False),
+        StructField("processed_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+
+def export_unischema(size: int, image_format: str):
+    """The Petastorm schema of an exported split: image (size x size x 3 uint8, stored compressed),
+    label index, label name and the source sha256."""
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+
+    return Unischema(
+        "ImageSample",
+        [
+            UnischemaField("image", np.uint8, (size, size, 3), CompressedImageCodec(image_format), False),
+            UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
+            UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("sha256", np.str_, (), ScalarCodec(StringType()), False),
+        ],
+    )
