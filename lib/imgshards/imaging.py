@@ -107,7 +107,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         else:
             # 16-bit samples (I;16*, and 'I' as Pillow opens 16-bit PNGs): keep the high byte.
             arr8 = (np.clip(arr.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(arr8, "L").convert("RGB")
+        return Image.fromarray(arr8).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info) or (
         mode in ("L", "RGB") and "transparency" in img.info
     ):

@@ -43,7 +43,7 @@ def draw_shape(label: str, width: int, height: int, rng: random.Random) -> Image
     base = nrng.integers(0, 256, size=3)
     noise = nrng.normal(0, 25, size=(height, width, 3))
     background = np.clip(base + noise, 0, 255).astype(np.uint8)
-    img = Image.fromarray(background, "RGB")
+    img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)
     side = min(width, height)
     r = int(side * rng.uniform(0.25, 0.4))
@@ -64,7 +64,7 @@ def encode(img: Image.Image, mode: str, rng: random.Random) -> tuple[bytes, str]
     out = io.BytesIO()
     if mode == "I;16":
         arr = (np.asarray(img.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-        Image.fromarray(arr, "I;16").save(out, format="PNG")
+        Image.fromarray(arr).save(out, format="PNG")
         return out.getvalue(), "png"
     if mode == "P":
         p = img.convert("P", palette=Image.ADAPTIVE, colors=64)

@@ -1,0 +1,169 @@
+"""ingest -> preprocess -> export on generated images (damaged ones included) with the shared local[2]
+session, then the shards read back through Petastorm into torch tensors and checked pixel by pixel
+against an independent PIL computation."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from imgshards.config import load_config
+from imgshards.export import dataset_url, run_export
+from imgshards.ingest import run_ingest, split_of
+from imgshards.loader import IMAGENET_MEAN, IMAGENET_STD, make_dataloader
+from imgshards.preprocess import run_preprocess
+from imgshards.sample import make_sample_dataset
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("raw"))
+    manifest = make_sample_dataset(root, per_class=10, seed=7)
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return root, manifest, files
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    base = load_config(overrides=[f"preprocess.size={SIZE}", "preprocess.output_format=png", "export.row_group_size_mb=1",
+                                 # exact decode, so pixels can be held to a tight tolerance (draft mode has its own test)
+                                 "preprocess.draft=false"])
+    return dataclasses.replace(base, warehouse=str(work / "warehouse"), output=str(work / "shards"), workdir=str(work))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(spark, dataset, config):
+    root, _, _ = dataset
+    ingest = run_ingest(spark, config, root, "run-1")
+    preprocess = run_preprocess(spark, config, "run-1")
+    export = run_export(spark, config, "run-1")
+    return ingest, preprocess, export
+
+
+def relative(path: str, root: str) -> str:
+    """'file:/tmp/.../raw0/circle/x.jpg' -> 'circle/x.jpg'."""
+    return path.split(root.rstrip("/") + "/", 1)[1]
+
+
+def reference_pixels(data: bytes) -> np.ndarray:
+    """Independent expectation: full decode, orientation, RGB on white, shorter side to SIZE, center crop."""
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if img.mode in ("RGBA", "LA", "P"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    elif img.mode == "I;16":
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
+    img = img.convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    center_square = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return np.asarray(img.resize((SIZE, SIZE), Image.BICUBIC, box=center_square), dtype=np.float32)
+
+
+def test_ingest_accounts_for_every_file(spark, pipeline_run, dataset, config):
+    ingest, _, _ = pipeline_run
+    _, manifest, files = dataset
+    assert ingest.seen == len(files) == manifest.files
+    assert ingest.ingested == manifest.images
+    assert ingest.duplicates == manifest.duplicates
+    assert ingest.quarantined == len(manifest.damaged)
+    assert ingest.skipped_hidden == manifest.hidden
+    assert ingest.skipped_non_image == manifest.non_image
+    assert ingest.quarantine_reasons == dict(Counter(manifest.damaged.values()))
+
+    quarantine = spark.read.format("delta").load(config.table_path("quarantine")).collect()
+    by_name = {relative(r["path"], dataset[0]): r for r in quarantine}
+    assert {k: r["reason"] for k, r in by_name.items()} == manifest.damaged
+    assert all(r["stage"] == "ingest" and r["detail"] for r in quarantine)
+
+    duplicates = spark.read.format("delta").load(config.table_path("duplicates")).collect()
+    assert len(duplicates) == manifest.duplicates
+    images = {r["path"]: r["sha256"] for r in spark.read.format("delta").load(config.table_path("images")).collect()}
+    for r in duplicates:
+        assert r["path"] not in images
+        assert images[r["duplicate_of"]] == r["sha256"]  # points at the ingested copy of the same content
+
+
+def test_images_table_has_header_fields_and_stable_splits(spark, pipeline_run, dataset, config):
+    _, manifest, files = dataset
+    rows = spark.read.format("delta").load(config.table_path("images")).drop("content").collect()
+    assert len(rows) == manifest.images
+    assert Counter(r["label"] for r in rows) == manifest.per_class
+    for r in rows:
+        data = files[relative(r["path"], dataset[0])]
+        assert r["sha256"] == hashlib.sha256(data).hexdigest()
+        assert r["size_bytes"] == len(data)
+        with Image.open(io.BytesIO(data)) as img:
+            assert (r["format"], r["width"], r["height"]) == (img.format, img.size[0], img.size[1])
+        assert r["split"] == split_of(r["sha256"], config.ingest.split)
+
+
+def test_shards_read_back_into_torch_match_independent_pixels(pipeline_run, dataset, config):
+    import torch
+
+    _, preprocess, export = pipeline_run
+    _, manifest, files = dataset
+    by_sha = {hashlib.sha256(d).hexdigest(): d for d in files.values() if d}
+    assert preprocess.processed == manifest.images and preprocess.quarantined == 0
+
+    with open(os.path.join(config.output, "manifest.json")) as f:
+        written = json.load(f)
+    with open(os.path.join(config.output, "classes.json")) as f:
+        classes = [c["name"] for c in json.load(f)["classes"]]
+    assert classes == sorted(manifest.per_class)
+    assert written["source"]["version"] == export.source_version
+    assert written["config_fingerprint"] == config.fingerprint("preprocess")
+
+    seen = Counter()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for split, info in written["splits"].items():
+        rows = 0
+        with make_dataloader(dataset_url(info["url"]), batch_size=8, shuffle=False, workers=1) as loader:
+            for batch in loader:
+                images, labels = batch["image"], batch["label"]
+                assert images.dtype == torch.float32 and images.shape[1:] == (3, SIZE, SIZE)
+                assert labels.dtype == torch.int64
+                pixels = (images * std + mean) * 255.0  # undo the normalization
+                for i, sha in enumerate(batch["sha256"]):
+                    expected = reference_pixels(by_sha[sha])
+                    got = pixels[i].permute(1, 2, 0).numpy()
+                    # PNG output is lossless; the tolerance covers Pillow's reducing_gap shortcut.
+                    assert np.abs(got - expected).mean() < 1.0, sha
+                    assert classes[labels[i]] == batch["label_name"][i]
+                    assert split_of(sha, config.ingest.split) == split
+                    seen[batch["label_name"][i]] += 1
+                rows += len(labels)
+        assert rows == info["rows"]
+    assert seen == manifest.per_class
+
+
+def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
+    root, manifest, _ = dataset
+    again = run_ingest(spark, config, root, "run-2")
+    assert again.ingested == 0 and again.updated == 0
+    assert again.unchanged == manifest.images
+    assert again.duplicates == manifest.duplicates
+    assert again.quarantined == len(manifest.damaged)
+    assert spark.read.format("delta").load(config.table_path("images")).count() == manifest.images
+    assert spark.read.format("delta").load(config.table_path("quarantine")).count() == len(manifest.damaged)
+    assert spark.read.format("delta").load(config.table_path("duplicates")).count() == manifest.duplicates
+    pre = run_preprocess(spark, config, "run-2")
+    assert pre.processed == 0 and pre.already_processed == manifest.images
+    assert spark.read.format("delta").load(config.table_path("processed")).count() == manifest.images

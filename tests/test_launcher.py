@@ -1,0 +1,77 @@
+"""The launcher itself: ./spark-submit.sh runs the whole pipeline on the embedded default, and bad
+settings or inputs fail fast with a message that names them."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
+
+
+def launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_pipeline_on_embedded_default(tmp_path):
+    work = tmp_path / "work"
+    result = launch("pipeline", "--set", f"workdir={work}", "--warehouse", str(work / "warehouse"),
+                    "--output", str(work / "shards"), "--set", "preprocess.size=64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    seen = re.search(r"files seen\s+(\d+) = ingested (\d+) \+ updated (\d+) \+ unchanged (\d+) \+ duplicates (\d+)"
+                     r" \+ quarantined (\d+) \+ skipped (\d+)", out)
+    assert seen, out
+    numbers = [int(x) for x in seen.groups()]
+    assert numbers[0] == sum(numbers[1:])
+    sample_files = sum(len(files) for _, _, files in os.walk(work / "sample"))
+    assert numbers[0] == sample_files
+    assert numbers[1] > 200 and numbers[5] >= 5
+
+    summary_file = re.search(r"summary file\s+(\S+)", out).group(1)
+    with open(summary_file) as f:
+        summary = json.load(f)
+    with open(work / "shards" / "manifest.json") as f:
+        manifest = json.load(f)
+    assert sum(s["rows"] for s in manifest["splits"].values()) == summary["preprocess"]["processed"]
+
+    from petastorm import make_reader
+
+    with make_reader(f"file://{work}/shards/val", num_epochs=1, workers_count=1) as reader:
+        rows = list(reader)
+    assert len(rows) == manifest["splits"]["val"]["rows"]
+    assert rows[0].image.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pipeline", "--set", "preprocess.size=0"], "preprocess.size"),
+        (["ingest", "--set", "ingest.colour=red"], "ingest.colour"),
+        (["export", "--conf-file", "/nonexistent.yaml"], "/nonexistent.yaml"),
+    ],
+)
+def test_bad_setting_fails_fast_naming_it(args, message):
+    result = launch(*args, timeout=120)
+    output = result.stdout + result.stderr  # spark-submit merges the Python driver's stderr into stdout
+    assert result.returncode == 2
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_missing_input_path_fails_clearly(tmp_path):
+    result = launch("ingest", "--input", str(tmp_path / "nope"), "--warehouse", str(tmp_path / "wh"), timeout=300)
+    assert result.returncode == 2
+    assert "input path does not exist" in result.stdout + result.stderr
+
+
+def test_unknown_job_and_profile():
+    assert launch("nosuchjob").returncode == 2
+    result = launch("--profile", "nosuch", "pipeline")
+    assert result.returncode == 2 and "unknown profile" in result.stderr
