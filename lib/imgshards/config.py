@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -39,19 +40,93 @@ class SplitConfig:
             raise ConfigError(f"ingest.split fractions must add up to 1, got {total:g}")
 
 
+LABEL_SOURCES = ("folder", "file", "none")
+LABEL_KEYS = ("path", "name")
+MISSING_POLICIES = ("keep", "mark_deleted")
+
+
+def _check_regex(key: str, pattern: Optional[str], group: str) -> None:
+    if pattern is None:
+        return
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{key} is not a valid regular expression: {pattern!r} ({e})") from e
+    if group not in compiled.groupindex:
+        raise ConfigError(f"{key} must have a named group (?P<{group}>...), got {pattern!r}")
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    source: str = "folder"
+    folder_level: int = 1
+    folder_regex: Optional[str] = None
+    file: Optional[str] = None
+    key: str = "path"
+    required: bool = False
+
+    def validate(self) -> None:
+        if self.source not in LABEL_SOURCES:
+            raise ConfigError(f"ingest.labels.source must be one of {list(LABEL_SOURCES)}, got {self.source!r}")
+        if self.folder_level < 1:
+            raise ConfigError(f"ingest.labels.folder_level must be >= 1 (1 = parent folder), got {self.folder_level!r}")
+        _check_regex("ingest.labels.folder_regex", self.folder_regex, "label")
+        if self.source == "file" and not self.file:
+            raise ConfigError("ingest.labels.file must name a CSV or JSON-lines file when ingest.labels.source is 'file'")
+        if self.key not in LABEL_KEYS:
+            raise ConfigError(f"ingest.labels.key must be one of {list(LABEL_KEYS)}, got {self.key!r}")
+        if self.required and self.source == "none":
+            raise ConfigError("ingest.labels.required cannot be true when ingest.labels.source is 'none'")
+
+
+@dataclass(frozen=True)
+class NearDuplicatesConfig:
+    enabled: bool = True
+    max_distance: int = 4
+    same_split: bool = True
+
+    def validate(self) -> None:
+        if not 0 <= self.max_distance <= 16:
+            raise ConfigError(f"ingest.near_duplicates.max_distance must be in 0..16 bits, got {self.max_distance!r}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    trigger: str = "available_now"
+    checkpoint: Optional[str] = None
+    max_files_per_trigger: int = 1000
+
+    def validate(self) -> None:
+        if self.trigger != "available_now" and not re.fullmatch(r"\d+\s+(seconds?|minutes?|hours?)", self.trigger):
+            raise ConfigError(f"ingest.stream.trigger must be 'available_now' or an interval like '30 seconds', got {self.trigger!r}")
+        if self.max_files_per_trigger < 1:
+            raise ConfigError(f"ingest.stream.max_files_per_trigger must be >= 1, got {self.max_files_per_trigger!r}")
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     extensions: tuple = ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp")
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 89_478_485
     split: SplitConfig = field(default_factory=SplitConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    group_regex: Optional[str] = None
+    near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
+    missing: str = "keep"
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def validate(self) -> None:
+        self.labels.validate()
+        self.near_duplicates.validate()
+        self.stream.validate()
+        _check_regex("ingest.group_regex", self.group_regex, "group")
+        if self.missing not in MISSING_POLICIES:
+            raise ConfigError(f"ingest.missing must be one of {list(MISSING_POLICIES)}, got {self.missing!r}")
         if not self.extensions:
             raise ConfigError("ingest.extensions must name at least one extension")
         for ext in self.extensions:
-            if not isinstance(ext, str) or not ext or "." in ext or "/" in ext:
-                raise ConfigError(f"ingest.extensions: {ext!r} is not a bare extension like 'jpg'")
+            if not isinstance(ext, str) or not ext or "." in ext or "/" in ext or (ext != "*" and "*" in ext):
+                raise ConfigError(f"ingest.extensions: {ext!r} is not a bare extension like 'jpg' (or '*' for any file)")
         # Spark's binaryFile reader cannot hold a file above 2 GiB - 1 in one row.
         if not 0 < self.max_bytes <= 2**31 - 1:
             raise ConfigError(f"ingest.max_bytes must be in 1..{2**31 - 1}, got {self.max_bytes!r}")

@@ -50,6 +50,7 @@ def run_export(
     from petastorm.etl.dataset_metadata import materialize_dataset
 
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
     fingerprint = config.fingerprint("preprocess")
     samples = select_current(processed, images, fingerprint)

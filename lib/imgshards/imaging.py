@@ -24,6 +24,7 @@ QUARANTINE_REASONS = {
     "too_many_pixels": "width x height exceeds ingest.max_pixels (decompression-bomb guard)",
     "corrupt": "the decoder rejected the image data",
     "unreadable": "the file could not be read from storage",
+    "unlabeled": "labels are required (ingest.labels.required) and none was found for the file",
 }
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "PPM", "TGA"})
@@ -93,6 +94,33 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
     if _looks_truncated(data, img.format):
         raise ImageError("truncated", f"{img.format} stream has no end marker")
     return ImageInfo(format=img.format, width=img.size[0], height=img.size[1], mode=img.mode)
+
+
+def perceptual_hash(data: bytes, max_pixels: int) -> int:
+    """64-bit difference hash (dHash) from a small decode: JPEGs are decoded at 1/8 scale in the DCT.
+
+    Near-identical images (re-encoded, resized, slightly recompressed) have hashes a few bits apart.
+    Returned as a signed 64-bit int so it fits a Spark LongType. Raises :class:`ImageError`.
+    """
+    img = _open(data, max_pixels)
+    try:
+        if img.format == "JPEG":
+            img.draft("L", (32, 32))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        gray = img if img.mode == "L" else to_rgb(img).convert("L")
+        small = gray.resize((9, 8), Image.BILINEAR)
+    except (OSError, SyntaxError, EOFError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
+        reason = "truncated" if "truncated" in str(e) or isinstance(e, EOFError) else "corrupt"
+        raise ImageError(reason, f"{type(e).__name__}: {e}") from e
+    px = np.asarray(small, dtype=np.int16)
+    bits = (px[:, 1:] > px[:, :-1]).flatten()
+    value = int("".join("1" if b else "0" for b in bits), 2)
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def hamming(a: int, b: int) -> int:
+    return bin((a ^ b) & ((1 << 64) - 1)).count("1")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

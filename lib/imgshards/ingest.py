@@ -1,7 +1,9 @@
 """Ingest: image files under an input path -> Delta tables ``images``, ``quarantine`` and ``duplicates``.
 
-Every listed file ends up in exactly one bucket of :class:`IngestCounts`; the run fails if they do not add
-up. Only headers are read (format, width, height), never the pixels.
+Every file seen ends up in exactly one bucket of :class:`IngestCounts`; the run fails if they do not add
+up. Only headers are read for format and size; the optional perceptual hash decodes JPEGs at 1/8 scale.
+Batch (:func:`run_ingest`) and streaming (:func:`run_ingest_stream`) apply the same per-batch logic
+(:func:`ingest_batch`), a Delta MERGE keyed on path, so re-runs and replays add nothing twice.
 """
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import functools
 import hashlib
 import logging
 import posixpath
-from dataclasses import dataclass
-from typing import Iterator, Optional
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -20,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
 
 from imgshards import imaging, storage, tables
-from imgshards.config import PipelineConfig, SplitConfig
+from imgshards.config import LabelsConfig, PipelineConfig, SplitConfig, join_path
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
     DUPLICATES_TABLE,
@@ -33,17 +37,21 @@ from imgshards.schemas import (
 log = logging.getLogger(__name__)
 
 INGEST_STAGE = "ingest"
+EXAMPLES = 5
 
 _PROBED_SCHEMA = StructType(
     [
         StructField("path", StringType(), False),
+        StructField("relative", StringType(), False),
         StructField("label", StringType(), True),
+        StructField("group_key", StringType(), True),
         StructField("content", IMAGES_SCHEMA["content"].dataType, True),
         StructField("sha256", StringType(), True),
         StructField("size_bytes", LongType(), False),
         StructField("format", StringType(), True),
         StructField("width", IntegerType(), True),
         StructField("height", IntegerType(), True),
+        StructField("phash", LongType(), True),
         StructField("reason", StringType(), True),
         StructField("detail", StringType(), True),
     ]
@@ -52,7 +60,7 @@ _PROBED_SCHEMA = StructType(
 
 @dataclass
 class IngestCounts:
-    """What happened to every file seen. ``seen`` equals the sum of the other fields."""
+    """What happened to every file seen (``seen`` equals the sum of the buckets), plus reports."""
 
     seen: int = 0
     ingested: int = 0
@@ -62,18 +70,16 @@ class IngestCounts:
     quarantined: int = 0
     skipped_hidden: int = 0
     skipped_non_image: int = 0
-    quarantine_reasons: dict = dataclasses.field(default_factory=dict)
+    quarantine_reasons: dict = field(default_factory=dict)
+    marked_deleted: int = 0
+    batches: int = 0
+    labels_report: dict = field(default_factory=dict)
+    near_duplicates: dict = field(default_factory=dict)
+
+    _BUCKETS = ("ingested", "updated", "unchanged", "duplicates", "quarantined", "skipped_hidden", "skipped_non_image")
 
     def accounted(self) -> int:
-        return (
-            self.ingested
-            + self.updated
-            + self.unchanged
-            + self.duplicates
-            + self.quarantined
-            + self.skipped_hidden
-            + self.skipped_non_image
-        )
+        return sum(getattr(self, name) for name in self._BUCKETS)
 
     def check(self) -> None:
         if self.accounted() != self.seen:
@@ -81,32 +87,71 @@ class IngestCounts:
         if sum(self.quarantine_reasons.values()) != self.quarantined:
             raise RuntimeError(f"quarantine reasons {self.quarantine_reasons} do not add up to {self.quarantined}")
 
+    def add(self, other: "IngestCounts") -> None:
+        """Fold one micro-batch's counts into these totals (streaming)."""
+        for name in ("seen", "marked_deleted", "batches") + self._BUCKETS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.quarantine_reasons = dict(sorted((Counter(self.quarantine_reasons) + Counter(other.quarantine_reasons)).items()))
+        for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates)):
+            for key, value in new.items():
+                if isinstance(value, list):
+                    report[key] = (report.get(key, []) + value)[:EXAMPLES]
+                else:
+                    report[key] = report.get(key, 0) + value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure per-file rules
+
 
 def is_hidden(relative_path: str) -> bool:
     """Hidden the way Spark's file index sees it: a path part starting with '.' or '_'."""
     return any(part.startswith((".", "_")) for part in relative_path.split("/"))
 
 
+ANY_EXTENSION = "*"
+
+
 def extension_glob(extensions) -> str:
-    """A Hadoop glob matching the extensions case-insensitively: ``*.{[jJ][pP][gG],...}``."""
+    """A Hadoop glob matching the extensions case-insensitively: ``*.{[jJ][pP][gG],...}`` (``*``: any file)."""
+    if ANY_EXTENSION in extensions:
+        return "*"
     alternatives = ["".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext) for ext in extensions]
     return "*.{" + ",".join(alternatives) + "}"
 
 
 def has_extension(relative_path: str, extensions) -> bool:
-    ext = posixpath.splitext(relative_path)[1].lower().lstrip(".")
-    return ext in extensions
+    if ANY_EXTENSION in extensions:
+        return True
+    return posixpath.splitext(relative_path)[1].lower().lstrip(".") in extensions
 
 
-def label_from_path(relative_path: str) -> Optional[str]:
-    """The parent folder's name, or None for files directly under the input root."""
-    parent = posixpath.dirname(relative_path)
-    return posixpath.basename(parent) if parent else None
+def label_from_path(relative_path: str, labels: LabelsConfig) -> Optional[str]:
+    """The label that the folder layout gives: a named regex group, or the folder ``folder_level`` up."""
+    if labels.source != "folder":
+        return None
+    if labels.folder_regex:
+        match = re.search(labels.folder_regex, relative_path)
+        return match.group("label") if match else None
+    folders = relative_path.split("/")[:-1]
+    return folders[-labels.folder_level] if len(folders) >= labels.folder_level else None
 
 
-def split_column(sha256: F.Column, split: SplitConfig) -> F.Column:
-    """train/val/test from the first 32 bits of the content hash: stable across runs and machines."""
-    position = F.conv(F.substring(sha256, 1, 8), 16, 10).cast("double") / float(2**32)
+def group_from_path(relative_path: str, group_regex: Optional[str]) -> Optional[str]:
+    if not group_regex:
+        return None
+    match = re.search(group_regex, relative_path)
+    return match.group("group") if match else None
+
+
+def split_key_column(sha256: F.Column, group_key: F.Column) -> F.Column:
+    """The hash that decides the split: the content's, or the group's when the row has a group."""
+    return F.when(group_key.isNull(), sha256).otherwise(F.sha2(group_key, 256))
+
+
+def split_column(key_sha256: F.Column, split: SplitConfig) -> F.Column:
+    """train/val/test from the first 32 bits of a sha256 hex string: stable across runs and machines."""
+    position = F.conv(F.substring(key_sha256, 1, 8), 16, 10).cast("double") / float(2**32)
     return (
         F.when(position < split.train, F.lit("train"))
         .when(position < split.train + split.val, F.lit("val"))
@@ -114,9 +159,10 @@ def split_column(sha256: F.Column, split: SplitConfig) -> F.Column:
     )
 
 
-def split_of(sha256: str, split: SplitConfig) -> str:
-    """The same rule as :func:`split_column`, in Python (for tests and tools)."""
-    position = int(sha256[:8], 16) / float(2**32)
+def split_of(sha256: str, split: SplitConfig, group_key: Optional[str] = None) -> str:
+    """The same rule as :func:`split_column` on :func:`split_key_column`, in Python."""
+    key = sha256 if group_key is None else hashlib.sha256(group_key.encode()).hexdigest()
+    position = int(key[:8], 16) / float(2**32)
     if position < split.train:
         return "train"
     if position < split.train + split.val:
@@ -124,14 +170,18 @@ def split_of(sha256: str, split: SplitConfig) -> str:
     return "test"
 
 
-def _probe_batches(batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sha256 + header probe per file; errors become reason/detail, never exceptions."""
+def _probe_batches(
+    batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int, labels: LabelsConfig,
+    group_regex: Optional[str], phash: bool,
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: sha256 + header probe (+ perceptual hash) per file; errors become reason/detail."""
     for batch in batches:
         rows = []
         for path, length, content in zip(batch["path"], batch["length"], batch["content"]):
             relative = path[len(base) + 1 :] if path.startswith(base + "/") else posixpath.basename(path)
-            row = {"path": path, "label": label_from_path(relative), "size_bytes": int(length), "content": None,
-                   "sha256": None, "format": None, "width": None, "height": None, "reason": None, "detail": None}
+            row = dict.fromkeys(_PROBED_SCHEMA.fieldNames())
+            row.update(path=path, relative=relative, size_bytes=int(length),
+                       label=label_from_path(relative, labels), group_key=group_from_path(relative, group_regex))
             if content is None:
                 row.update(reason="unreadable", detail="no content returned by the reader")
             else:
@@ -139,117 +189,252 @@ def _probe_batches(batches: Iterator[pd.DataFrame], *, base: str, max_pixels: in
                 try:
                     info = imaging.probe(content, max_pixels)
                     row.update(content=content, format=info.format, width=info.width, height=info.height)
+                    if phash:
+                        row["phash"] = imaging.perceptual_hash(content, max_pixels)
                 except imaging.ImageError as e:
-                    row.update(reason=e.reason, detail=e.detail)
+                    row.update(content=None, reason=e.reason, detail=e.detail)
             rows.append(row)
         yield pd.DataFrame(rows, columns=_PROBED_SCHEMA.fieldNames())
 
 
-def read_and_probe(spark: SparkSession, input_root: str, config: PipelineConfig) -> DataFrame:
-    """binaryFile over the image files under ``input_root`` (no larger than max_bytes) -> probed rows."""
-    base = storage.qualify(spark, input_root).rstrip("/")
-    raw = (
-        spark.read.format("binaryFile")
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, stream: bool = False) -> DataFrame:
+    """binaryFile over the image files under ``input_root``: path, length, content (read lazily)."""
+    reader = spark.readStream if stream else spark.read
+    reader = (
+        reader.format("binaryFile")
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", extension_glob(config.ingest.extensions))
-        .load(input_root)
-        # binaryFile pushes this filter down, so oversized files are never read into a row.
-        .filter((F.col("length") > 0) & (F.col("length") <= config.ingest.max_bytes))
-        .select("path", "length", "content")
     )
-    probe = functools.partial(_probe_batches, base=base, max_pixels=config.ingest.max_pixels)
-    return raw.mapInPandas(probe, _PROBED_SCHEMA)
+    if stream:
+        reader = reader.option("maxFilesPerTrigger", config.ingest.stream.max_files_per_trigger)
+    return reader.load(input_root).select("path", "length", "content")
 
 
-def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
-    """Ingest every image under ``input_root``; returns the counts (already checked to add up)."""
-    counts = IngestCounts()
-    rejected = []  # (path, size, reason, detail) decided from the listing alone
-    expected_candidates = 0
-    for f in storage.list_files(spark, input_root):
-        counts.seen += 1
-        if is_hidden(f.relative):
-            counts.skipped_hidden += 1
-        elif not has_extension(f.relative, config.ingest.extensions):
-            counts.skipped_non_image += 1
-        elif f.size_bytes == 0:
-            # Spark's file scan skips empty files, so they are accounted for here.
-            rejected.append((f.path, 0, "zero_byte", "0 bytes"))
-        elif f.size_bytes > config.ingest.max_bytes:
-            rejected.append((f.path, f.size_bytes, "too_large_bytes", f"{f.size_bytes} bytes > max_bytes {config.ingest.max_bytes}"))
-        else:
-            expected_candidates += 1
-    log.info("listed %d files under %s: %d image candidates", counts.seen, input_root, expected_candidates)
+def read_labels_file(spark: SparkSession, labels: LabelsConfig) -> DataFrame:
+    """The labels file as (label_key, file_label, file_group): CSV/TSV with a header, or JSON lines."""
+    path = labels.file
+    if path.lower().endswith((".csv", ".tsv")):
+        df = spark.read.option("header", "true").option("sep", "\t" if path.lower().endswith(".tsv") else ",").csv(path)
+    else:
+        df = spark.read.json(path)
+    missing = {"path", "label"} - set(df.columns)
+    if missing:
+        raise ValueError(f"labels file {path} lacks column(s) {sorted(missing)}; it has {df.columns}")
+    group = F.col("group").cast("string") if "group" in df.columns else F.lit(None).cast("string")
+    return df.select(F.col("path").cast("string").alias("label_key"), F.col("label").cast("string").alias("file_label"),
+                     group.alias("file_group")).dropDuplicates(["label_key"])
 
-    probed = read_and_probe(spark, input_root, config).persist(StorageLevel.DISK_ONLY)
+
+def _label_key(relative: F.Column, labels: LabelsConfig) -> F.Column:
+    return relative if labels.key == "path" else F.element_at(F.split(relative, "/"), -1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Near-duplicates
+
+
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """(offset, width) of max_distance + 1 bit bands covering 64 bits: two hashes at most max_distance
+    bits apart agree on at least one whole band (pigeonhole), so a join on bands finds every pair."""
+    n = max_distance + 1
+    widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
+    offsets = [sum(widths[:i]) for i in range(n)]
+    return list(zip(offsets, widths))
+
+
+def _banded(df: DataFrame, max_distance: int) -> DataFrame:
+    bands = [
+        F.struct(F.lit(i).alias("band"), F.shiftright(F.col("phash"), offset).bitwiseAND(F.lit((1 << width) - 1).cast("long")).alias("value"))
+        for i, (offset, width) in enumerate(_bands(max_distance))
+    ]
+    return df.select("*", F.explode(F.array(*bands)).alias("b")).select("*", "b.band", "b.value").drop("b")
+
+
+def near_duplicate_pairs(new: DataFrame, others: DataFrame, max_distance: int) -> DataFrame:
+    """Pairs (a from ``new``, b from ``others``) whose perceptual hashes are at most ``max_distance`` bits apart."""
+    a = _banded(new.select("sha256", "phash", "path"), max_distance).alias("a")
+    b = _banded(others.select("sha256", "phash", "path", "split", "existing"), max_distance).alias("b")
+    return (
+        a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
+               & (F.col("a.sha256") != F.col("b.sha256")))
+        .select(F.col("a.sha256").alias("a"), F.col("a.path").alias("a_path"), F.col("b.sha256").alias("b"),
+                F.col("b.path").alias("b_path"), F.col("b.split").alias("b_split"), F.col("b.existing").alias("b_existing"),
+                F.expr("bit_count(a.phash ^ b.phash)").alias("distance"))
+        .filter(F.col("distance") <= max_distance)
+        .dropDuplicates(["a", "b"])
+    )
+
+
+def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tuple[dict, dict]:
+    """Union-find over near-duplicate pairs. Returns ({sha256 of a new row: (cluster id, split)}, report).
+
+    A cluster that already has rows in the table keeps their (most common) split, since ingested rows
+    never move; otherwise it takes the split of its smallest sha256. With ``same_split`` false, rows keep
+    their own split and crossing clusters are only reported.
+    """
+    parent: dict = {}
+
+    def find(x):
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    existing_split, paths = {}, {}
+    for p in pairs:
+        parent[find(p["a"])] = find(p["b"])
+        paths[p["a"]], paths[p["b"]] = p["a_path"], p["b_path"]
+        if p["b_existing"]:
+            existing_split[p["b"]] = p["b_split"]
+    members: dict = {}
+    for sha in list(parent):
+        members.setdefault(find(sha), []).append(sha)
+    assignment, crossing = {}, []
+    for shas in members.values():
+        shas.sort()
+        cluster = shas[0]
+        old = Counter(existing_split[s] for s in shas if s in existing_split)
+        target = sorted(old.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if old else new_splits.get(cluster) or new_splits[
+            next(s for s in shas if s in new_splits)]
+        splits = set(old)
+        for sha in shas:
+            if sha in new_splits:
+                split = target if same_split else new_splits[sha]
+                assignment[sha] = (cluster, split)
+                splits.add(split)
+        if len(splits) > 1:
+            crossing.append({"cluster": cluster, "splits": sorted(splits), "paths": sorted(paths[s] for s in shas)[:EXAMPLES]})
+    report = {"clusters": len(members), "crossing_splits": len(crossing), "crossing_examples": crossing[:EXAMPLES]}
+    return assignment, report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One batch of files (a whole batch run, or one streaming micro-batch)
+
+
+def ingest_batch(
+    spark: SparkSession,
+    config: PipelineConfig,
+    files: DataFrame,
+    base: str,
+    run_id: str,
+    *,
+    rejected: Sequence[tuple] = (),
+    labels: Optional[DataFrame] = None,
+) -> IngestCounts:
+    """Probe ``files`` (path, length, content) and MERGE them into the tables. ``rejected`` holds
+    (path, size_bytes, reason, detail) decided before reading (from the listing). Returns checked counts."""
+    ingest = config.ingest
+    probe = functools.partial(
+        _probe_batches, base=base, max_pixels=ingest.max_pixels, labels=ingest.labels,
+        group_regex=ingest.group_regex, phash=ingest.near_duplicates.enabled,
+    )
+    # binaryFile pushes the length filter down: oversized files are never read into a row.
+    readable = files.filter(F.col("length") <= ingest.max_bytes)
+    oversized = files.filter(F.col("length") > ingest.max_bytes).select(
+        "path", F.col("length").alias("size_bytes"), F.lit("too_large_bytes").alias("reason"),
+        F.format_string("%d bytes > ingest.max_bytes %d", F.col("length"), F.lit(ingest.max_bytes)).alias("detail"),
+    )
+    probed = readable.mapInPandas(probe, _PROBED_SCHEMA)
+    if labels is not None:
+        probed = (
+            probed.withColumn("label_key", _label_key(F.col("relative"), ingest.labels))
+            .join(labels, "label_key", "left")
+            .withColumn("label", F.col("file_label"))
+            .withColumn("group_key", F.coalesce("file_group", "group_key"))
+            .drop("label_key", "file_label", "file_group")
+        )
+    if ingest.labels.required:
+        unlabeled = F.col("reason").isNull() & F.col("label").isNull()
+        probed = probed.withColumn("detail", F.when(unlabeled, F.lit(f"no label from ingest.labels.source={ingest.labels.source}"))
+                                   .otherwise(F.col("detail")))
+        probed = probed.withColumn("reason", F.when(unlabeled, F.lit("unlabeled")).otherwise(F.col("reason")))
+    probed = probed.persist(StorageLevel.DISK_ONLY)
     try:
-        probed_count = probed.count()
-        if probed_count != expected_candidates:
-            raise RuntimeError(
-                f"listed {expected_candidates} image files under {input_root} but Spark read {probed_count}; "
-                "files changed during the run?"
-            )
-        _write(spark, config, probed, rejected, counts, run_id)
+        counts = IngestCounts(batches=1)
+        counts.seen = probed.count() + oversized.count() + len(rejected)
+        _write(spark, config, probed, oversized, rejected, counts, run_id)
     finally:
         probed.unpersist()
     counts.check()
     return counts
 
 
-def _write(spark, config, probed: DataFrame, rejected, counts: IngestCounts, run_id: str) -> None:
-    now = F.current_timestamp()
-    images_path = config.table_path(IMAGES_TABLE)
-    existing = tables.ensure_table(spark, images_path, IMAGES_SCHEMA).toDF().select("path", "sha256")
-
-    bad = probed.filter(F.col("reason").isNotNull())
+def _quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, run_id: str) -> DataFrame:
+    columns = ["path", "size_bytes", "reason", "detail", "sha256"]
+    bad = probed.filter(F.col("reason").isNotNull()).select(*columns)
+    bad = bad.unionByName(oversized.withColumn("sha256", F.lit(None).cast("string")).select(*columns))
     if rejected:
-        from_listing = spark.createDataFrame(rejected, "path string, size_bytes long, reason string, detail string")
-        from_listing = from_listing.withColumn("sha256", F.lit(None).cast("string"))
-        bad = bad.select(*from_listing.columns).unionByName(from_listing)
-    quarantine = bad.select(
+        listed = spark.createDataFrame(list(rejected), "path string, size_bytes long, reason string, detail string")
+        bad = bad.unionByName(listed.withColumn("sha256", F.lit(None).cast("string")).select(*columns))
+    return bad.select(
         "path", F.lit(INGEST_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
-        now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("quarantined_at"), F.lit(run_id).alias("run_id"),
     )
 
+
+def _write(spark, config: PipelineConfig, probed: DataFrame, oversized: DataFrame, rejected, counts: IngestCounts,
+           run_id: str) -> None:
+    ingest = config.ingest
+    now = F.current_timestamp()
+    images_path = config.table_path(IMAGES_TABLE)
+    table = tables.ensure_table(spark, images_path, IMAGES_SCHEMA).toDF()
+    live = table.filter(F.col("deleted_at").isNull())
+    quarantine = _quarantine_rows(spark, probed, oversized, rejected, run_id)
+
     good = probed.filter(F.col("reason").isNull())
-    unchanged = good.join(existing, ["path", "sha256"], "left_semi")
-    rest = good.join(existing, ["path", "sha256"], "left_anti")
-    known_sha = existing.groupBy("sha256").agg(F.min("path").alias("existing_path"))
+    unchanged = good.join(live.select("path", "sha256"), ["path", "sha256"], "left_semi")
+    rest = good.join(live.select("path", "sha256"), ["path", "sha256"], "left_anti")
+    known_sha = live.groupBy("sha256").agg(F.min("path").alias("existing_path"))
     first_in_batch = F.first("path").over(Window.partitionBy("sha256").orderBy("path"))
     rest = (
         rest.join(known_sha, "sha256", "left")
         .withColumn("_first", first_in_batch)
-        .withColumn(
-            "duplicate_of",
-            F.coalesce(F.col("existing_path"), F.when(F.col("_first") != F.col("path"), F.col("_first"))),
-        )
+        .withColumn("duplicate_of",
+                    F.coalesce(F.col("existing_path"), F.when(F.col("_first") != F.col("path"), F.col("_first"))))
         .drop("_first", "existing_path")
+        .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
         .persist(StorageLevel.DISK_ONLY)
     )
     try:
         accepted = rest.filter(F.col("duplicate_of").isNull())
         duplicates = rest.filter(F.col("duplicate_of").isNotNull())
-        updated_paths = accepted.join(existing.select("path"), "path", "left_semi")
 
         reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
         counts.quarantine_reasons = dict(sorted(reasons.items()))
         counts.quarantined = sum(reasons.values())
         counts.unchanged = unchanged.count()
         counts.duplicates = duplicates.count()
-        counts.updated = updated_paths.count()
+        counts.updated = accepted.join(table.select("path"), "path", "left_semi").count()
         counts.ingested = accepted.count() - counts.updated
         counts.check()
 
+        clusters = None
+        if ingest.near_duplicates.enabled and counts.ingested + counts.updated:
+            clusters = _near_duplicate_clusters(spark, config, accepted, live, counts)
+        images = accepted
+        if clusters is not None:
+            images = (accepted.join(clusters, "sha256", "left")
+                      .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
+        else:
+            images = images.withColumn("near_dup_cluster", F.lit(None).cast("string"))
+        images = images.select(
+            "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
+            "phash", "near_dup_cluster", now.alias("ingested_at"), F.lit(None).cast("timestamp").alias("deleted_at"),
+            F.lit(run_id).alias("run_id"),
+        )
         metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
-                    "counts": dataclasses.asdict(counts)}
+                    "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
         with tables.commit_metadata(spark, metadata):
-            images = accepted.select(
-                "path", "label", "content", "sha256", "size_bytes", "format", "width", "height",
-                split_column(F.col("sha256"), config.ingest.split).alias("split"),
-                now.alias("ingested_at"), F.lit(run_id).alias("run_id"),
-            )
-            # Keyed on path: a changed file replaces its row; the old content stays reachable by time travel.
-            tables.upsert(spark, images_path, IMAGES_SCHEMA, images, ["path"], update_when="t.sha256 <> s.sha256")
+            # Keyed on path: a changed file replaces its row (the old content stays reachable by time
+            # travel); a file that comes back after being marked deleted is live again.
+            tables.upsert(spark, images_path, IMAGES_SCHEMA, images, ["path"],
+                          update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
             tables.upsert(
                 spark, config.table_path(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
                 duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
@@ -261,3 +446,145 @@ def _write(spark, config, probed: DataFrame, rejected, counts: IngestCounts, run
             )
     finally:
         rest.unpersist()
+
+
+def _near_duplicate_clusters(spark, config: PipelineConfig, accepted: DataFrame, live: DataFrame,
+                             counts: IngestCounts) -> Optional[DataFrame]:
+    """(sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates."""
+    nd = config.ingest.near_duplicates
+    new = accepted.filter(F.col("phash").isNotNull())
+    others = (
+        live.filter(F.col("phash").isNotNull()).select("sha256", "phash", "path", "split", F.lit(True).alias("existing"))
+        .unionByName(new.select("sha256", "phash", "path", "split", F.lit(False).alias("existing")))
+    )
+    pairs = near_duplicate_pairs(new, others, nd.max_distance).collect()
+    counts.near_duplicates = {"pairs": len(pairs)}
+    if not pairs:
+        counts.near_duplicates.update(clusters=0, crossing_splits=0, crossing_examples=[])
+        return None
+    involved = {p["a"] for p in pairs} | {p["b"] for p in pairs if not p["b_existing"]}
+    new_splits = {r["sha256"]: r["split"] for r in new.filter(F.col("sha256").isin(list(involved))).select("sha256", "split").collect()}
+    assignment, report = assign_clusters(pairs, new_splits, nd.same_split)
+    counts.near_duplicates.update(report)
+    if report["crossing_splits"]:
+        log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", report["crossing_splits"], report["crossing_examples"][:1])
+    return spark.createDataFrame(
+        [(sha, cluster, split) for sha, (cluster, split) in assignment.items()],
+        "sha256 string, near_dup_cluster string, cluster_split string",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batch and streaming runs
+
+
+def _labels_report(spark, config: PipelineConfig, labels: DataFrame, relatives: list) -> dict:
+    """Labels-file entries that name no file under the input, with examples."""
+    listed = spark.createDataFrame([(r,) for r in relatives], "relative string")
+    keys = listed.select(_label_key(F.col("relative"), config.ingest.labels).alias("label_key"))
+    unmatched = labels.join(keys, "label_key", "left_anti")
+    return {"labels_file": config.ingest.labels.file, "entries": labels.count(),
+            "entries_without_file": unmatched.count(),
+            "entries_without_file_examples": [r[0] for r in unmatched.select("label_key").limit(EXAMPLES).collect()]}
+
+
+def _unlabeled_report(spark, config: PipelineConfig, counts: IngestCounts, run_id: str) -> None:
+    if config.ingest.labels.source == "none":
+        return
+    images = spark.read.format("delta").load(config.table_path(IMAGES_TABLE))
+    missing = images.filter((F.col("run_id") == run_id) & F.col("label").isNull())
+    counts.labels_report["files_without_label"] = missing.count() + counts.quarantine_reasons.get("unlabeled", 0)
+    counts.labels_report["files_without_label_examples"] = [r[0] for r in missing.select("path").limit(EXAMPLES).collect()]
+
+
+def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
+    """Ingest every image under ``input_root`` (batch); returns the counts (already checked to add up)."""
+    ingest = config.ingest
+    listing = list(storage.list_files(spark, input_root))
+    skipped_hidden = skipped_non_image = 0
+    rejected, candidates = [], 0
+    for f in listing:
+        if is_hidden(f.relative):
+            skipped_hidden += 1
+        elif not has_extension(f.relative, ingest.extensions):
+            skipped_non_image += 1
+        elif f.size_bytes == 0:
+            # Spark's file scan skips empty files, so they are accounted for from the listing.
+            rejected.append((f.path, 0, "zero_byte", "0 bytes"))
+        else:
+            candidates += 1
+    log.info("listed %d files under %s: %d image candidates", len(listing), input_root, candidates)
+    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
+    base = storage.qualify(spark, input_root).rstrip("/")
+    counts = ingest_batch(spark, config, read_files(spark, input_root, config), base, run_id,
+                          rejected=rejected, labels=labels)
+    if counts.seen - len(rejected) != candidates:
+        raise RuntimeError(f"listed {candidates} image files under {input_root} but Spark read "
+                           f"{counts.seen - len(rejected)}; files changed during the run?")
+    counts.seen += skipped_hidden + skipped_non_image
+    counts.skipped_hidden, counts.skipped_non_image = skipped_hidden, skipped_non_image
+    counts.check()
+    if labels is not None:
+        counts.labels_report = _labels_report(spark, config, labels, [f.relative for f in listing])
+        labels.unpersist()
+    _unlabeled_report(spark, config, counts, run_id)
+    if ingest.missing == "mark_deleted":
+        counts.marked_deleted = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
+    return counts
+
+
+def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_paths: list, run_id: str) -> int:
+    """Set deleted_at on live rows under ``base`` whose file is no longer listed; returns how many."""
+    images_path = config.table_path(IMAGES_TABLE)
+    listed = spark.createDataFrame([(p,) for p in listed_paths], "path string")
+    gone = (
+        spark.read.format("delta").load(images_path)
+        .filter(F.col("deleted_at").isNull() & F.col("path").startswith(base + "/"))
+        .join(listed, "path", "left_anti").select("path").persist()
+    )
+    try:
+        n = gone.count()
+        if n:
+            with tables.commit_metadata(spark, {"job": "ingest", "run_id": run_id, "marked_deleted": n}):
+                tables.ensure_table(spark, images_path, IMAGES_SCHEMA).alias("t").merge(
+                    gone.alias("s"), "t.path = s.path"
+                ).whenMatchedUpdate(set={"deleted_at": "current_timestamp()"}).execute()
+    finally:
+        gone.unpersist()
+    return n
+
+
+def checkpoint_path(config: PipelineConfig) -> str:
+    return config.ingest.stream.checkpoint or join_path(config.warehouse, "_checkpoints", "ingest")
+
+
+def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
+    """Structured Streaming over ``input_root`` with a checkpoint: each micro-batch goes through
+    :func:`ingest_batch` (the same MERGE), so after a restart every file is in the table exactly once.
+
+    With ``ingest.stream.trigger: available_now`` it drains what is there and returns; with an interval
+    it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see README).
+    """
+    storage.require_dir(spark, input_root)
+    ingest = config.ingest
+    base = storage.qualify(spark, input_root).rstrip("/")
+    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
+    totals = IngestCounts()
+
+    def each_batch(batch: DataFrame, batch_id: int) -> None:
+        counts = ingest_batch(spark, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
+        log.info("stream batch %d: %s", batch_id, counts)
+        totals.add(counts)
+
+    writer = (
+        read_files(spark, input_root, config, stream=True).writeStream
+        .foreachBatch(each_batch)
+        .option("checkpointLocation", checkpoint_path(config))
+        .queryName(f"imgshards-ingest-{run_id}")
+    )
+    trigger = ingest.stream.trigger
+    writer = writer.trigger(availableNow=True) if trigger == "available_now" else writer.trigger(processingTime=trigger)
+    query = writer.start()
+    query.awaitTermination()
+    totals.check()
+    return totals

@@ -79,6 +79,7 @@ def run_preprocess(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> PreprocessCounts:
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images = images.filter(F.col("deleted_at").isNull())
     fingerprint = config.fingerprint("preprocess")
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
     processed_path = config.table_path(PROCESSED_TABLE)

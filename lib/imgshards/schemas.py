@@ -31,7 +31,11 @@ IMAGES_SCHEMA = StructType(
         StructField("width", IntegerType(), False),
         StructField("height", IntegerType(), False),
         StructField("split", StringType(), False),
+        StructField("group_key", StringType(), True),
+        StructField("phash", LongType(), True),
+        StructField("near_dup_cluster", StringType(), True),
         StructField("ingested_at", TimestampType(), False),
+        StructField("deleted_at", TimestampType(), True),
         StructField("run_id", StringType(), False),
     ]
 )

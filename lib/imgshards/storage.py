@@ -32,15 +32,20 @@ def qualify(spark: SparkSession, url: str) -> str:
     return fs.makeQualified(path).toString()
 
 
-def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
-    """Every file under ``root``, recursively (hidden ones included: the caller decides)."""
+def require_dir(spark: SparkSession, root: str):
+    """Raise :class:`InputPathError` unless ``root`` is an existing folder; returns (fs, path)."""
     fs, path = _fs_and_path(spark, root)
     if not fs.exists(path):
         raise InputPathError(f"input path does not exist: {root}")
-    base = fs.makeQualified(path).toString().rstrip("/")
-    status = fs.getFileStatus(path)
-    if status.isFile():
+    if fs.getFileStatus(path).isFile():
         raise InputPathError(f"input path is a file, not a folder: {root}")
+    return fs, path
+
+
+def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
+    """Every file under ``root``, recursively (hidden ones included: the caller decides)."""
+    fs, path = require_dir(spark, root)
+    base = fs.makeQualified(path).toString().rstrip("/")
     files = fs.listFiles(path, True)
     while files.hasNext():
         st = files.next()
