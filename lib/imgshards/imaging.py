@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 import warnings
 from dataclasses import dataclass
 
@@ -62,12 +61,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", str(e)) from e
     except UnidentifiedImageError as e:
         raise ImageError("not_an_image", "no decoder recognises the data") from e
-    except (OSError, ValueError, SyntaxError, TypeError, struct.error, EOFError) as e:
-        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - see _decode_error
+        raise _decode_error(e) from e
     if img.format not in SUPPORTED_FORMATS:
         raise ImageError("unsupported_format", f"format {img.format}")
     width, height = img.size
@@ -86,6 +83,17 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
     if fmt == "PNG":
         return b"IEND" not in data[-32:]
     return False
+
+
+def _decode_error(e: Exception) -> ImageError:
+    """Decoders raise anything on hostile input (OSError, ValueError, NotImplementedError, IndexError,
+    MemoryError, ...): each becomes an ImageError, so the file is quarantined with the original message."""
+    if isinstance(e, ImageError):
+        return e
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError("too_many_pixels", str(e))
+    reason = "truncated" if "truncated" in str(e).lower() or isinstance(e, EOFError) else "corrupt"
+    return ImageError(reason, f"{type(e).__name__}: {e}")
 
 
 def probe(data: bytes, max_pixels: int) -> ImageInfo:
@@ -110,9 +118,8 @@ def perceptual_hash(data: bytes, max_pixels: int) -> int:
         img = ImageOps.exif_transpose(img)
         gray = img if img.mode == "L" else to_rgb(img).convert("L")
         small = gray.resize((9, 8), Image.BILINEAR)
-    except (OSError, SyntaxError, EOFError, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError) as e:
-        reason = "truncated" if "truncated" in str(e) or isinstance(e, EOFError) else "corrupt"
-        raise ImageError(reason, f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - see _decode_error
+        raise _decode_error(e) from e
     px = np.asarray(small, dtype=np.int16)
     bits = (px[:, 1:] > px[:, :-1]).flatten()
     value = int("".join("1" if b else "0" for b in bits), 2)
@@ -187,14 +194,6 @@ def process(
             img.save(out, format="JPEG", quality=quality)
         else:
             img.save(out, format="PNG", compress_level=1)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", str(e)) from e
-    except (OSError, SyntaxError, EOFError) as e:
-        msg = str(e)
-        reason = "truncated" if "truncated" in msg or isinstance(e, EOFError) else "corrupt"
-        raise ImageError(reason, f"{type(e).__name__}: {msg}") from e
-    except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, NotImplementedError, MemoryError) as e:
-        raise ImageError("corrupt", f"{type(e).__name__}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - see _decode_error
+        raise _decode_error(e) from e
     return out.getvalue(), size, size

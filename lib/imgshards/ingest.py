@@ -21,7 +21,7 @@ import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType
+from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 from imgshards import imaging, storage, tables
 from imgshards.config import LabelsConfig, PipelineConfig, SplitConfig, join_path
@@ -38,6 +38,16 @@ log = logging.getLogger(__name__)
 
 INGEST_STAGE = "ingest"
 EXAMPLES = 5
+
+# Spark's binaryFile schema; a streaming source must be given it.
+BINARY_FILE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("modificationTime", TimestampType(), False),
+        StructField("length", LongType(), False),
+        StructField("content", BinaryType(), True),
+    ]
+)
 
 _PROBED_SCHEMA = StructType(
     [
@@ -210,7 +220,7 @@ def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, 
         .option("pathGlobFilter", extension_glob(config.ingest.extensions))
     )
     if stream:
-        reader = reader.option("maxFilesPerTrigger", config.ingest.stream.max_files_per_trigger)
+        reader = reader.schema(BINARY_FILE_SCHEMA).option("maxFilesPerTrigger", config.ingest.stream.max_files_per_trigger)
     return reader.load(input_root).select("path", "length", "content")
 
 

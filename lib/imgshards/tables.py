@@ -74,3 +74,21 @@ def upsert(
     if update_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=update_when)
     merge.whenNotMatchedInsertAll().execute()
+
+
+def history(spark: SparkSession, path: str, limit: int = 20) -> list:
+    """The latest ``limit`` versions of the table: version, timestamp, operation, and our commit metadata
+    (run id, job, config fingerprint, counts) parsed from the user metadata."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        return []
+    rows = DeltaTable.forPath(spark, path).history(limit).select(
+        "version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
+    out = []
+    for r in rows:
+        try:
+            metadata = json.loads(r["userMetadata"]) if r["userMetadata"] else {}
+        except ValueError:
+            metadata = {"userMetadata": r["userMetadata"]}
+        out.append({"version": r["version"], "timestamp": r["timestamp"].isoformat(), "operation": r["operation"],
+                    "metrics": dict(r["operationMetrics"] or {}), **metadata})
+    return out

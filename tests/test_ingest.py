@@ -1,0 +1,290 @@
+"""Ingest on real Delta tables: re-runs, new and changed files, duplicates across runs, labels files,
+groups, near-duplicates, deleted files, streaming with a restart, and the edge-cases corpus."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shared_dataset
+from imgshards import imaging
+from imgshards.config import load_config
+from imgshards.ingest import run_ingest, run_ingest_stream, split_of
+from imgshards.preprocess import run_preprocess
+
+
+def make_config(tmp_path, *overrides):
+    base = load_config(overrides=["preprocess.size=32", *overrides])
+    return dataclasses.replace(base, warehouse=str(tmp_path / "warehouse"), output=str(tmp_path / "shards"),
+                               workdir=str(tmp_path))
+
+
+def photo(seed: int, size=(96, 64)) -> Image.Image:
+    """A smooth random image: distinct per seed, stable under re-encoding (for perceptual hashing)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+
+
+def write_jpeg(path, img: Image.Image, quality: int = 90) -> bytes:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    with open(path, "wb") as f:
+        f.write(out.getvalue())
+    return out.getvalue()
+
+
+def table(spark, config, name, version=None):
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(config.table_path(name))
+
+
+def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path)
+    write_jpeg(raw / "cat" / "a.jpg", photo(1))
+    write_jpeg(raw / "dog" / "b.jpg", photo(2))
+    first = run_ingest(spark, config, str(raw), "r1")
+    assert (first.seen, first.ingested) == (2, 2)
+
+    again = run_ingest(spark, config, str(raw), "r2")
+    assert (again.ingested, again.unchanged, again.updated) == (0, 2, 0)
+    version_before_change = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('images')}`").agg({"version": "max"}).head()[0]
+
+    write_jpeg(raw / "dog" / "c.jpg", photo(3))  # new
+    new_a = write_jpeg(raw / "cat" / "a.jpg", photo(4))  # changed content, same path
+    shutil.copy(raw / "dog" / "b.jpg", raw / "cat" / "b_copy.jpg")  # duplicate of an ingested file
+    third = run_ingest(spark, config, str(raw), "r3")
+    assert (third.seen, third.ingested, third.updated, third.unchanged, third.duplicates) == (4, 1, 1, 1, 1)
+
+    rows = {r["path"].rsplit("/raw/", 1)[1]: r for r in table(spark, config, "images").collect()}
+    assert sorted(rows) == ["cat/a.jpg", "dog/b.jpg", "dog/c.jpg"]
+    assert rows["cat/a.jpg"]["sha256"] == hashlib.sha256(new_a).hexdigest()
+    old = {r["path"].rsplit("/raw/", 1)[1]: r for r in table(spark, config, "images", version_before_change).collect()}
+    assert old["cat/a.jpg"]["sha256"] != rows["cat/a.jpg"]["sha256"]  # time travel keeps the old content
+    assert bytes(old["cat/a.jpg"]["content"]) != new_a
+
+    dup = table(spark, config, "duplicates").collect()
+    assert len(dup) == 1 and dup[0]["path"].endswith("cat/b_copy.jpg") and dup[0]["duplicate_of"].endswith("dog/b.jpg")
+
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('images')}`").collect()
+    metadata = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
+    assert {"r1", "r3"} <= {m["run_id"] for m in metadata}
+    assert all(m["config_fingerprint"] == config.fingerprint("ingest") for m in metadata)
+
+
+def test_missing_files_kept_or_marked_deleted(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_jpeg(raw / "x" / "a.jpg", photo(10))
+    write_jpeg(raw / "x" / "b.jpg", photo(11))
+    keep = make_config(tmp_path)
+    run_ingest(spark, keep, str(raw), "r1")
+    os.remove(raw / "x" / "b.jpg")
+    assert run_ingest(spark, keep, str(raw), "r2").marked_deleted == 0
+    assert table(spark, keep, "images").filter("deleted_at IS NULL").count() == 2
+
+    mark = make_config(tmp_path, "ingest.missing=mark_deleted")
+    assert run_ingest(spark, mark, str(raw), "r3").marked_deleted == 1
+    live = table(spark, mark, "images").filter("deleted_at IS NULL").collect()
+    assert [r["path"].rsplit("/", 1)[1] for r in live] == ["a.jpg"]
+    assert run_preprocess(spark, mark, "r3").processed == 1  # deleted rows are not processed
+
+    write_jpeg(raw / "x" / "b.jpg", photo(11))  # it comes back
+    back = run_ingest(spark, mark, str(raw), "r4")
+    assert back.updated == 1
+    assert table(spark, mark, "images").filter("deleted_at IS NULL").count() == 2
+
+
+def test_labels_file_with_missing_entries_and_required_labels(spark, tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(4):
+        write_jpeg(raw / f"img{i}.jpg", photo(20 + i))
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group"])
+        w.writerow(["img0.jpg", "cat", "s1"])
+        w.writerow(["img1.jpg", "dog", "s1"])
+        w.writerow(["img2.jpg", "dog", "s2"])
+        w.writerow(["gone1.jpg", "cat", ""])
+        w.writerow(["gone2.jpg", "dog", ""])
+    config = make_config(tmp_path, "ingest.labels.source=file", f"ingest.labels.file={labels}",
+                         "ingest.labels.required=true")
+    counts = run_ingest(spark, config, str(raw), "r1")
+    assert (counts.seen, counts.ingested, counts.quarantined) == (4, 3, 1)
+    assert counts.quarantine_reasons == {"unlabeled": 1}
+    report = counts.labels_report
+    assert report["entries"] == 5 and report["entries_without_file"] == 2
+    assert sorted(report["entries_without_file_examples"]) == ["gone1.jpg", "gone2.jpg"]
+    assert report["files_without_label"] == 1
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in table(spark, config, "images").collect()}
+    assert {k: r["label"] for k, r in rows.items()} == {"img0.jpg": "cat", "img1.jpg": "dog", "img2.jpg": "dog"}
+    assert rows["img0.jpg"]["split"] == rows["img1.jpg"]["split"] == split_of("", config.ingest.split, "s1")
+    quarantined = table(spark, config, "quarantine").collect()
+    assert [(q["path"].rsplit("/", 1)[1], q["reason"]) for q in quarantined] == [("img3.jpg", "unlabeled")]
+
+
+def test_unlabeled_and_folder_level_labels(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_jpeg(raw / "birds" / "2024" / "a.jpg", photo(30))
+    write_jpeg(raw / "top.jpg", photo(31))
+    by_grandparent = make_config(tmp_path, "ingest.labels.folder_level=2")
+    counts = run_ingest(spark, by_grandparent, str(raw), "r1")
+    assert counts.labels_report["files_without_label"] == 1  # top.jpg has no grandparent folder
+    labels = {r["path"].rsplit("/", 1)[1]: r["label"] for r in table(spark, by_grandparent, "images").collect()}
+    assert labels == {"a.jpg": "birds", "top.jpg": None}
+
+    none = make_config(tmp_path / "n", "ingest.labels.source=none")
+    run_ingest(spark, none, str(raw), "r1")
+    assert {r["label"] for r in table(spark, none, "images").collect()} == {None}
+
+
+def test_group_regex_keeps_each_group_in_one_split(spark, tmp_path):
+    raw = tmp_path / "raw"
+    groups = [f"subject{g:02d}" for g in range(12)]
+    for g, group in enumerate(groups):
+        for k in range(3):
+            write_jpeg(raw / "faces" / f"{group}_shot{k}.jpg", photo(1000 + 10 * g + k))
+    config = make_config(tmp_path, r"ingest.group_regex=(?P<group>subject\d+)_", "ingest.near_duplicates.enabled=false")
+    run_ingest(spark, config, str(raw), "r1")
+    rows = table(spark, config, "images").collect()
+    assert len(rows) == 36
+    by_group = {}
+    for r in rows:
+        by_group.setdefault(r["group_key"], set()).add(r["split"])
+    assert sorted(by_group) == groups
+    for group, splits in by_group.items():
+        assert splits == {split_of("", config.ingest.split, group)}
+    assert len({s for splits in by_group.values() for s in splits}) > 1  # groups do spread over splits
+
+
+def test_near_duplicates_follow_their_cluster_split(spark, tmp_path):
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path)
+    # Originals first; then, in a later run, re-encoded and resized copies (different bytes, same picture).
+    originals = {}
+    for i in range(8):
+        originals[i] = write_jpeg(raw / "orig" / f"p{i}.jpg", photo(500 + i, (200, 150)), quality=95)
+    run_ingest(spark, config, str(raw), "r1")
+    splits = {r["path"].rsplit("/", 1)[1]: r["split"] for r in table(spark, config, "images").collect()}
+    for i in range(8):
+        img = Image.open(io.BytesIO(originals[i])).resize((160, 120), Image.BILINEAR)
+        write_jpeg(raw / "copies" / f"p{i}_small.jpg", img, quality=60)
+    counts = run_ingest(spark, config, str(raw), "r2")
+    assert counts.ingested == 8 and counts.duplicates == 0  # not byte-identical
+    assert counts.near_duplicates["clusters"] == 8
+    assert counts.near_duplicates["crossing_splits"] == 0
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in table(spark, config, "images").collect()}
+    for i in range(8):
+        small, orig = rows[f"p{i}_small.jpg"], rows[f"p{i}.jpg"]
+        assert small["split"] == splits[f"p{i}.jpg"] == orig["split"]
+        assert small["near_dup_cluster"] is not None
+        assert imaging.hamming(small["phash"], orig["phash"]) <= config.ingest.near_duplicates.max_distance
+    # Unrelated photos are not near-duplicates of each other.
+    assert imaging.hamming(rows["p0.jpg"]["phash"], rows["p1.jpg"]["phash"]) > config.ingest.near_duplicates.max_distance
+
+
+def test_near_duplicates_reported_when_not_moved(spark, tmp_path):
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path, "ingest.near_duplicates.same_split=false")
+    for i in range(12):
+        data = write_jpeg(raw / "a" / f"p{i}.jpg", photo(700 + i, (200, 150)), quality=95)
+        write_jpeg(raw / "b" / f"p{i}_copy.jpg", Image.open(io.BytesIO(data)), quality=70)
+    counts = run_ingest(spark, config, str(raw), "r1")
+    rows = {r["path"].rsplit("/", 1)[1]: r["split"] for r in table(spark, config, "images").collect()}
+    crossing = sum(rows[f"p{i}.jpg"] != rows[f"p{i}_copy.jpg"] for i in range(12))
+    assert counts.near_duplicates["clusters"] == 12
+    assert counts.near_duplicates["crossing_splits"] == crossing
+
+
+def test_oversized_file_is_quarantined_not_a_failure(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_jpeg(raw / "x" / "small.jpg", photo(40, (32, 32)))
+    write_jpeg(raw / "x" / "big.jpg", photo(41, (800, 800)))
+    config = make_config(tmp_path, "ingest.max_bytes=5000")
+    counts = run_ingest(spark, config, str(raw), "r1")
+    assert counts.quarantine_reasons == {"too_large_bytes": 1} and counts.ingested == 1
+    row = table(spark, config, "quarantine").head()
+    assert row["path"].endswith("big.jpg") and "max_bytes" in row["detail"]
+
+
+def test_streaming_two_batches_and_restart_from_checkpoint(spark, tmp_path):
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path, "ingest.stream.max_files_per_trigger=2")
+    for i in range(3):
+        write_jpeg(raw / "a" / f"s{i}.jpg", photo(100 + i))
+    with open(raw / "a" / "broken.jpg", "wb") as f:
+        f.write(b"not a jpeg at all")
+    first = run_ingest_stream(spark, config, str(raw), "st1")
+    assert first.batches == 2  # 4 files, 2 per trigger
+    assert (first.seen, first.ingested, first.quarantined) == (4, 3, 1)
+
+    for i in range(3, 5):
+        write_jpeg(raw / "b" / f"s{i}.jpg", photo(100 + i))
+    second = run_ingest_stream(spark, config, str(raw), "st2")  # a restart: the checkpoint knows the old files
+    assert (second.seen, second.ingested) == (2, 2)
+
+    # A crash after the MERGE but before the checkpoint's commit: the last batch is replayed on restart.
+    commits = tmp_path / "warehouse" / "_checkpoints" / "ingest" / "commits"
+    last = max(int(name) for name in os.listdir(commits) if name.isdigit())
+    os.remove(commits / str(last))
+    os.remove(commits / f".{last}.crc")
+    replay = run_ingest_stream(spark, config, str(raw), "st3")
+    assert replay.ingested == 0 and replay.unchanged == replay.seen > 0
+
+    paths = [r["path"] for r in table(spark, config, "images").collect()]
+    assert len(paths) == len(set(paths)) == 5
+
+
+def _manifest(root):
+    with open(os.path.join(root, "MANIFEST.tsv")) as f:
+        return {row["path"].split("/", 1)[1]: row for row in csv.DictReader(f, delimiter="\t")}
+
+
+@pytest.mark.shared_data
+def test_edge_cases_corpus_every_file_accounted(spark, tmp_path):
+    root = shared_dataset("edge-cases")
+    manifest = _manifest(root)
+    config = make_config(tmp_path, "ingest.extensions=['*']", "ingest.labels.source=none")
+    counts = run_ingest(spark, config, root, "edge")
+    assert counts.seen == len(manifest) + 1  # + MANIFEST.tsv itself, quarantined as not_an_image
+    counts.check()
+
+    ingested = {r["path"].split("/edge-cases/", 1)[1]: r for r in table(spark, config, "images").drop("content").collect()}
+    duplicate = {r["path"].split("/edge-cases/", 1)[1] for r in table(spark, config, "duplicates").collect()}
+    quarantined = {r["path"].split("/edge-cases/", 1)[1]: r for r in table(spark, config, "quarantine").collect()}
+    assert quarantined.pop("MANIFEST.tsv")["reason"] == "not_an_image"
+    assert len(ingested) + len(duplicate) + len(quarantined) == len(manifest)
+    for path, row in manifest.items():
+        assert (path in ingested) + (path in duplicate) + (path in quarantined) == 1, path
+        if row["open"] != "ok":
+            # Pillow cannot even open it: it must be quarantined at ingest with a reason.
+            assert path in quarantined, (path, row["open"])
+            assert quarantined[path]["reason"] in imaging.QUARANTINE_REASONS
+        if path in quarantined:
+            assert quarantined[path]["detail"]
+        if path in ingested:
+            assert row["open"] == "ok", path
+            assert (ingested[path]["width"], ingested[path]["height"]) == (int(row["width"]), int(row["height"]))
+
+    # Preprocess: every ingested image is processed or quarantined at stage preprocess, never a crash;
+    # those Pillow could not load never reach `processed`.
+    pre = run_preprocess(spark, config, "edge")
+    assert pre.processed + pre.quarantined == len(ingested)
+    processed = {r["path"].split("/edge-cases/", 1)[1] for r in table(spark, config, "processed").collect()}
+    failed = {r["path"].split("/edge-cases/", 1)[1] for r in
+              table(spark, config, "quarantine").filter("stage = 'preprocess'").collect()}
+    assert processed | failed == set(ingested) and not processed & failed
+    for path in ingested:
+        if manifest[path]["load"] != "ok":
+            assert path in failed, (path, manifest[path]["load"])
