@@ -1,9 +1,7 @@
 """Shared fixtures: one local[2] Spark session with Delta for the whole run, and paths to ../shared data."""
 from __future__ import annotations
 
-import glob
 import os
-import sys
 
 import pytest
 
@@ -21,27 +19,13 @@ def shared_dataset(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def spark():
-    from pyspark.sql import SparkSession
+    from imgshards.session import build_session
 
-    jars = sorted(glob.glob(os.path.join(ROOT, ".jars", "*.jar")))
-    if not jars:
-        pytest.fail("Delta jars missing in .jars/: run scripts/setup.sh (scripts/test.sh does)")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("imgshards-tests")
-        .config("spark.jars", ",".join(jars))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "32")
-        .config("spark.databricks.delta.snapshotPartitions", "2")
-        .getOrCreate()
-    )
+    session = build_session("local[2]", "imgshards-tests", {
+        "spark.sql.shuffle.partitions": "4",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
+        "spark.databricks.delta.snapshotPartitions": "2",
+    })
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

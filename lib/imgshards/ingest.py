@@ -55,7 +55,6 @@ _PROBED_SCHEMA = StructType(
         StructField("relative", StringType(), False),
         StructField("label", StringType(), True),
         StructField("group_key", StringType(), True),
-        StructField("content", IMAGES_SCHEMA["content"].dataType, True),
         StructField("sha256", StringType(), True),
         StructField("size_bytes", LongType(), False),
         StructField("format", StringType(), True),
@@ -184,10 +183,11 @@ def _probe_batches(
     batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int, labels: LabelsConfig,
     group_regex: Optional[str], phash: bool,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sha256 + header probe (+ perceptual hash) per file; errors become reason/detail."""
+    """mapInPandas body: header probe (+ perceptual hash) per file; errors become reason/detail.
+    Returns metadata only: the bytes stay in the JVM and are joined back when the table is written."""
     for batch in batches:
         rows = []
-        for path, length, content in zip(batch["path"], batch["length"], batch["content"]):
+        for path, length, sha256, content in zip(batch["path"], batch["length"], batch["sha256"], batch["content"]):
             relative = path[len(base) + 1 :] if path.startswith(base + "/") else posixpath.basename(path)
             row = dict.fromkeys(_PROBED_SCHEMA.fieldNames())
             row.update(path=path, relative=relative, size_bytes=int(length),
@@ -195,14 +195,14 @@ def _probe_batches(
             if content is None:
                 row.update(reason="unreadable", detail="no content returned by the reader")
             else:
-                row["sha256"] = hashlib.sha256(content).hexdigest()
+                row["sha256"] = sha256
                 try:
                     info = imaging.probe(content, max_pixels)
-                    row.update(content=content, format=info.format, width=info.width, height=info.height)
+                    row.update(format=info.format, width=info.width, height=info.height)
                     if phash:
                         row["phash"] = imaging.perceptual_hash(content, max_pixels)
                 except imaging.ImageError as e:
-                    row.update(content=None, reason=e.reason, detail=e.detail)
+                    row.update(reason=e.reason, detail=e.detail)
             rows.append(row)
         yield pd.DataFrame(rows, columns=_PROBED_SCHEMA.fieldNames())
 
@@ -266,12 +266,13 @@ def _banded(df: DataFrame, max_distance: int) -> DataFrame:
 
 def near_duplicate_pairs(new: DataFrame, others: DataFrame, max_distance: int) -> DataFrame:
     """Pairs (a from ``new``, b from ``others``) whose perceptual hashes are at most ``max_distance`` bits apart."""
-    a = _banded(new.select("sha256", "phash", "path"), max_distance).alias("a")
+    a = _banded(new.select("sha256", "phash", "path", "split"), max_distance).alias("a")
     b = _banded(others.select("sha256", "phash", "path", "split", "existing"), max_distance).alias("b")
     return (
         a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
                & (F.col("a.sha256") != F.col("b.sha256")))
-        .select(F.col("a.sha256").alias("a"), F.col("a.path").alias("a_path"), F.col("b.sha256").alias("b"),
+        .select(F.col("a.sha256").alias("a"), F.col("a.path").alias("a_path"), F.col("a.split").alias("a_split"),
+                F.col("b.sha256").alias("b"),
                 F.col("b.path").alias("b_path"), F.col("b.split").alias("b_split"), F.col("b.existing").alias("b_existing"),
                 F.expr("bit_count(a.phash ^ b.phash)").alias("distance"))
         .filter(F.col("distance") <= max_distance)
@@ -350,7 +351,7 @@ def ingest_batch(
         "path", F.col("length").alias("size_bytes"), F.lit("too_large_bytes").alias("reason"),
         F.format_string("%d bytes > ingest.max_bytes %d", F.col("length"), F.lit(ingest.max_bytes)).alias("detail"),
     )
-    probed = readable.mapInPandas(probe, _PROBED_SCHEMA)
+    probed = readable.withColumn("sha256", F.sha2("content", 256)).mapInPandas(probe, _PROBED_SCHEMA)
     if labels is not None:
         probed = (
             probed.withColumn("label_key", _label_key(F.col("relative"), ingest.labels))
@@ -364,11 +365,11 @@ def ingest_batch(
         probed = probed.withColumn("detail", F.when(unlabeled, F.lit(f"no label from ingest.labels.source={ingest.labels.source}"))
                                    .otherwise(F.col("detail")))
         probed = probed.withColumn("reason", F.when(unlabeled, F.lit("unlabeled")).otherwise(F.col("reason")))
-    probed = probed.persist(StorageLevel.DISK_ONLY)
+    probed = probed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = IngestCounts(batches=1)
         counts.seen = probed.count() + oversized.count() + len(rejected)
-        _write(spark, config, probed, oversized, rejected, counts, run_id)
+        _write(spark, config, readable, probed, oversized, rejected, counts, run_id)
     finally:
         probed.unpersist()
     counts.check()
@@ -388,7 +389,7 @@ def _quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, r
     )
 
 
-def _write(spark, config: PipelineConfig, probed: DataFrame, oversized: DataFrame, rejected, counts: IngestCounts,
+def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, oversized: DataFrame, rejected, counts: IngestCounts,
            run_id: str) -> None:
     ingest = config.ingest
     now = F.current_timestamp()
@@ -409,7 +410,7 @@ def _write(spark, config: PipelineConfig, probed: DataFrame, oversized: DataFram
                     F.coalesce(F.col("existing_path"), F.when(F.col("_first") != F.col("path"), F.col("_first"))))
         .drop("_first", "existing_path")
         .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
-        .persist(StorageLevel.DISK_ONLY)
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
     try:
         accepted = rest.filter(F.col("duplicate_of").isNull())
@@ -433,7 +434,11 @@ def _write(spark, config: PipelineConfig, probed: DataFrame, oversized: DataFram
                       .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
         else:
             images = images.withColumn("near_dup_cluster", F.lit(None).cast("string"))
-        images = images.select(
+        # The bytes are read again here rather than carried through the probe: a second sequential
+        # read is far cheaper than spilling every image to disk. The sha256 check catches a file that
+        # changed in between; the written row count is checked against what was accepted.
+        content = files.select("path", "content", F.sha2("content", 256).alias("_sha"))
+        images = images.join(content, "path").filter(F.col("_sha") == F.col("sha256")).select(
             "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
             "phash", "near_dup_cluster", now.alias("ingested_at"), F.lit(None).cast("timestamp").alias("deleted_at"),
             F.lit(run_id).alias("run_id"),
@@ -443,8 +448,18 @@ def _write(spark, config: PipelineConfig, probed: DataFrame, oversized: DataFram
         with tables.commit_metadata(spark, metadata):
             # Keyed on path: a changed file replaces its row (the old content stays reachable by time
             # travel); a file that comes back after being marked deleted is live again.
-            tables.upsert(spark, images_path, IMAGES_SCHEMA, images, ["path"],
-                          update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
+            # Two MERGEs: new paths go through Delta's insert-only MERGE (one pass over the source, no
+            # rewrite of existing files); the rare changed or restored paths through the full MERGE.
+            known_paths = table.select("path")
+            written = tables.upsert(spark, images_path, IMAGES_SCHEMA,
+                                    images.join(known_paths, "path", "left_anti"), ["path"])
+            if counts.updated:
+                written += tables.upsert(spark, images_path, IMAGES_SCHEMA,
+                                         images.join(known_paths, "path", "left_semi"), ["path"],
+                                         update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
+            if written != counts.ingested + counts.updated:
+                raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
+                                   "files changed while ingest was reading them; run it again")
             tables.upsert(
                 spark, config.table_path(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
                 duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
@@ -472,8 +487,8 @@ def _near_duplicate_clusters(spark, config: PipelineConfig, accepted: DataFrame,
     if not pairs:
         counts.near_duplicates.update(clusters=0, crossing_splits=0, crossing_examples=[])
         return None
-    involved = {p["a"] for p in pairs} | {p["b"] for p in pairs if not p["b_existing"]}
-    new_splits = {r["sha256"]: r["split"] for r in new.filter(F.col("sha256").isin(list(involved))).select("sha256", "split").collect()}
+    new_splits = {p["a"]: p["a_split"] for p in pairs}
+    new_splits.update((p["b"], p["b_split"]) for p in pairs if not p["b_existing"])
     assignment, report = assign_clusters(pairs, new_splits, nd.same_split)
     counts.near_duplicates.update(report)
     if report["crossing_splits"]:

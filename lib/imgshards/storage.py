@@ -2,6 +2,7 @@
 URLs behave the same and credentials come from the cluster's Hadoop configuration."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -43,14 +44,36 @@ def require_dir(spark: SparkSession, root: str):
 
 
 def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
-    """Every file under ``root``, recursively (hidden ones included: the caller decides)."""
+    """Every file under ``root``, recursively (hidden ones included: the caller decides).
+
+    Local folders are walked with os.scandir (about 4 us a file); other file systems through Hadoop's
+    FileSystem over py4j, which costs a few milliseconds a file on the driver.
+    """
     fs, path = require_dir(spark, root)
     base = fs.makeQualified(path).toString().rstrip("/")
+    if base.startswith("file:"):
+        yield from _walk_local(base)
+        return
     files = fs.listFiles(path, True)
     while files.hasNext():
         st = files.next()
         full = st.getPath().toString()
         yield ListedFile(path=full, relative=full[len(base) + 1 :], size_bytes=int(st.getLen()))
+
+
+def _walk_local(base: str) -> Iterator[ListedFile]:
+    """The local equivalent of Hadoop's recursive listFiles, with the same ``file:/...`` paths."""
+    local_root = base[len("file:"):]
+    stack = [local_root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=True):
+                    yield ListedFile(path="file:" + entry.path, relative=entry.path[len(local_root) + 1:],
+                                     size_bytes=entry.stat().st_size)
 
 
 def write_text(spark: SparkSession, url: str, text: str) -> None:

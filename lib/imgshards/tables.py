@@ -64,16 +64,22 @@ def upsert(
     keys: Sequence[str],
     *,
     update_when: Optional[str] = None,
-) -> None:
+) -> int:
     """MERGE ``rows`` into the table at ``path`` keyed on ``keys``: insert new keys; update matched rows
     when ``update_when`` (a condition on ``t``/``s``) holds, or never when it is None. Re-running with the
-    same rows changes nothing."""
+    same rows changes nothing. Returns the rows inserted + updated (from the commit's metrics)."""
     table = ensure_table(spark, path, schema)
+    before = latest_version(spark, path)
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     merge = table.alias("t").merge(rows.select(*schema.fieldNames()).alias("s"), condition)
     if update_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=update_when)
     merge.whenNotMatchedInsertAll().execute()
+    metrics = table.history(1).select("version", "operation", "operationMetrics").head()
+    if metrics["version"] == before or metrics["operation"] != "MERGE":
+        return 0  # Delta commits nothing when a MERGE has nothing to do
+    m = metrics["operationMetrics"] or {}
+    return int(m.get("numTargetRowsInserted", 0)) + int(m.get("numTargetRowsUpdated", 0))
 
 
 def history(spark: SparkSession, path: str, limit: int = 20) -> list:
