@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from imgshards.config import load_config
-from imgshards.export import dataset_url, run_export
+from imgshards.export import run_export
 from imgshards.ingest import run_ingest, split_of
 from imgshards.loader import IMAGENET_MEAN, IMAGENET_STD, make_dataloader
 from imgshards.preprocess import run_preprocess
@@ -135,21 +135,21 @@ def test_shards_read_back_into_torch_match_independent_pixels(pipeline_run, data
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     for split, info in written["splits"].items():
         rows = 0
-        with make_dataloader(dataset_url(info["url"]), batch_size=8, shuffle=False, workers=1) as loader:
-            for batch in loader:
-                images, labels = batch["image"], batch["label"]
-                assert images.dtype == torch.float32 and images.shape[1:] == (3, SIZE, SIZE)
-                assert labels.dtype == torch.int64
-                pixels = (images * std + mean) * 255.0  # undo the normalization
-                for i, sha in enumerate(batch["sha256"]):
-                    expected = reference_pixels(by_sha[sha])
-                    got = pixels[i].permute(1, 2, 0).numpy()
-                    # PNG output is lossless; the tolerance covers Pillow's reducing_gap shortcut.
-                    assert np.abs(got - expected).mean() < 1.0, sha
-                    assert classes[labels[i]] == batch["label_name"][i]
-                    assert split_of(sha, config.ingest.split) == split
-                    seen[batch["label_name"][i]] += 1
-                rows += len(labels)
+        loader = make_dataloader(config.output, split, batch_size=8, shuffle=False, workers=1)
+        for batch in loader:
+            images, labels = batch["image"], batch["label"]
+            assert images.dtype == torch.float32 and images.shape[1:] == (3, SIZE, SIZE)
+            assert labels.dtype == torch.int64
+            pixels = (images * std + mean) * 255.0  # undo the normalization
+            for i, sha in enumerate(batch["sha256"]):
+                expected = reference_pixels(by_sha[sha])
+                got = pixels[i].permute(1, 2, 0).numpy()
+                # PNG output is lossless; the tolerance covers Pillow's reducing_gap shortcut.
+                assert np.abs(got - expected).mean() < 1.0, sha
+                assert classes[labels[i]] == batch["label_name"][i]
+                assert split_of(sha, config.ingest.split) == split
+                seen[batch["label_name"][i]] += 1
+            rows += len(labels)
         assert rows == info["rows"]
     assert seen == manifest.per_class
 

@@ -43,7 +43,7 @@ def test_pipeline_on_embedded_default(tmp_path):
 
     from petastorm import make_reader
 
-    with make_reader(f"file://{work}/shards/val", num_epochs=1, workers_count=1) as reader:
+    with make_reader(manifest["splits"]["val"]["url"], num_epochs=1, workers_count=1) as reader:
         rows = list(reader)
     assert len(rows) == manifest["splits"]["val"]["rows"]
     assert rows[0].image.shape == (64, 64, 3)

@@ -151,13 +151,26 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.quality must be in 1..100, got {self.quality!r}")
 
 
+EXPORT_CODECS = ("compressed", "ndarray")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     row_group_size_mb: int = 32
+    files_per_split: int = 4
+    codec: str = "compressed"
+    shuffle_seed: int = 0
+    keep_versions: int = 2
 
     def validate(self) -> None:
         if not 1 <= self.row_group_size_mb <= 1024:
             raise ConfigError(f"export.row_group_size_mb must be in 1..1024, got {self.row_group_size_mb!r}")
+        if self.files_per_split < 1:
+            raise ConfigError(f"export.files_per_split must be >= 1, got {self.files_per_split!r}")
+        if self.codec not in EXPORT_CODECS:
+            raise ConfigError(f"export.codec must be one of {list(EXPORT_CODECS)}, got {self.codec!r}")
+        if self.keep_versions < 1:
+            raise ConfigError(f"export.keep_versions must be >= 1, got {self.keep_versions!r}")
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,26 @@
 """Export: Delta ``processed`` -> one Petastorm dataset per split, plus classes.json and manifest.json.
 
-The processed images are already JPEG/PNG bytes, which is exactly what Petastorm's CompressedImageCodec
-stores, so they are written as they are: no decode and re-encode on the way out.
+Each export is written into a new version folder ``<output>/v-<run_id>/`` and published by atomically
+replacing ``<output>/manifest.json``, which names that folder: a reader never sees a half-written dataset,
+a reader that opened the previous version keeps reading it whole, and the last ``export.keep_versions``
+versions are kept.
+
+With the default ``compressed`` codec the processed JPEG/PNG bytes are written as they are (that is what
+Petastorm's CompressedImageCodec stores); ``ndarray`` stores decoded uint8 arrays (NdarrayCodec).
 """
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
-from pyspark.sql import SparkSession
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import imgshards
@@ -25,23 +34,99 @@ log = logging.getLogger(__name__)
 CLASSES_FILE = "classes.json"
 MANIFEST_FILE = "manifest.json"
 UNLABELED_INDEX = -1
+VERSION_PREFIX = "v-"
 
 
 @dataclass
 class ExportResult:
     output: str
+    version_dir: str
     source_version: int
     classes: list
     counts: dict = field(default_factory=dict)  # split -> class name -> rows
 
 
-def split_url(output: str, split: str) -> str:
-    return join_path(output, split)
-
-
 def dataset_url(path: str) -> str:
     """Petastorm wants URLs: a bare local path becomes file://."""
     return path if "://" in path else "file://" + path
+
+
+def _decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body for the ndarray codec: JPEG/PNG bytes -> np.save bytes of the RGB uint8 array."""
+    from PIL import Image
+
+    for batch in batches:
+        out = []
+        for data in batch["image"]:
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8))
+            out.append(buffer.getvalue())
+        yield batch.assign(image=out)
+
+
+def _channel_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: per-channel sum and sum of squares of pixel values in [0, 1], and pixel count."""
+    from PIL import Image
+
+    sums, squares, pixels = np.zeros(3), np.zeros(3), 0
+    for batch in batches:
+        for data in batch["image"]:
+            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+            sums += arr.sum(axis=0)
+            squares += (arr * arr).sum(axis=0)
+            pixels += arr.shape[0]
+    yield pd.DataFrame([{"s0": sums[0], "s1": sums[1], "s2": sums[2],
+                         "q0": squares[0], "q1": squares[1], "q2": squares[2], "n": pixels}])
+
+
+def normalization_stats(train: DataFrame) -> Optional[dict]:
+    """Per-channel mean and std of the train split's pixels (scaled to [0, 1]), or None if it is empty."""
+    schema = "s0 double, s1 double, s2 double, q0 double, q1 double, q2 double, n long"
+    total = train.select("image").mapInPandas(_channel_sums, schema).groupBy().sum().head()
+    n = total["sum(n)"] if total else 0
+    if not n:
+        return None
+    mean = [total[f"sum(s{c})"] / n for c in range(3)]
+    std = [max(total[f"sum(q{c})"] / n - mean[c] ** 2, 0.0) ** 0.5 for c in range(3)]
+    return {"mean": mean, "std": std, "pixels": n}
+
+
+def row_groups(url: str) -> list:
+    """The Parquet row groups of a written split, in file order: [{file, index, rows}]."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, root = pafs.FileSystem.from_uri(url)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+    files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
+    groups = []
+    for path in files:
+        with fs.open_input_file(path) as f:
+            metadata = pq.ParquetFile(f).metadata
+        for index in range(metadata.num_row_groups):
+            groups.append({"file": os.path.basename(path), "index": index, "rows": metadata.row_group(index).num_rows})
+    return groups
+
+
+def publish_manifest(spark: SparkSession, output: str, text: str) -> None:
+    """Replace ``<output>/manifest.json`` atomically (local: os.replace; Hadoop: write then rename)."""
+    target = join_path(output, MANIFEST_FILE)
+    temporary = target + ".tmp"
+    if "://" not in output:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, target)
+        return
+    storage.write_text(spark, temporary, text)
+    storage.delete(spark, target)  # object stores have no atomic replace; the window is one rename
+    storage.rename(spark, temporary, target)
+
+
+def _previous_versions(output: str) -> list:
+    if "://" in output or not os.path.isdir(output):
+        return []
+    names = [name for name in os.listdir(output) if name.startswith(VERSION_PREFIX)]
+    return sorted(names, key=lambda name: os.path.getmtime(os.path.join(output, name)))
 
 
 def run_export(
@@ -56,46 +141,70 @@ def run_export(
     samples = select_current(processed, images, fingerprint)
 
     classes = sorted(r[0] for r in samples.select("label").distinct().collect() if r[0] is not None)
-    label_index = F.create_map(*[F.lit(x) for i, name in enumerate(classes) for x in (name, i)]) if classes else None
-    index_column = F.coalesce(label_index[F.col("label")], F.lit(UNLABELED_INDEX)) if classes else F.lit(UNLABELED_INDEX)
+    if classes:
+        label_index = F.create_map(*[F.lit(x) for i, name in enumerate(classes) for x in (name, i)])
+        index_column = F.coalesce(label_index[F.col("label")], F.lit(UNLABELED_INDEX))
+    else:
+        index_column = F.lit(UNLABELED_INDEX)
     samples = samples.select(
-        "split",
-        F.col("image"),
-        index_column.cast("int").alias("label"),
-        F.coalesce(F.col("label"), F.lit("")).alias("label_name"),
-        "sha256",
-    )
+        "split", "image", index_column.cast("int").alias("label"),
+        F.coalesce(F.col("label"), F.lit("")).alias("label_name"), "sha256",
+    ).persist()
+    try:
+        counts: dict = {split: {} for split in SPLITS}
+        for row in samples.groupBy("split", "label_name").count().collect():
+            counts[row["split"]][row["label_name"]] = row["count"]
+        stats = normalization_stats(samples.filter(F.col("split") == "train"))
 
-    counts: dict = {split: {} for split in SPLITS}
-    for row in samples.groupBy("split", "label_name").count().collect():
-        counts[row["split"]][row["label_name"]] = row["count"]
-
-    schema = export_unischema(config.preprocess.size, config.preprocess.output_format)
-    output = config.output
-    for split in SPLITS:
-        url = dataset_url(split_url(output, split))
-        rows = samples.filter(F.col("split") == split).select(*schema.fields.keys())
-        with materialize_dataset(spark, url, schema, config.export.row_group_size_mb):
-            rows.write.mode("overwrite").parquet(url)
-        log.info("exported %s: %d rows", url, sum(counts[split].values()))
+        export = config.export
+        schema = export_unischema(config.preprocess.size, config.preprocess.output_format, export.codec)
+        output = config.output
+        version_name = VERSION_PREFIX + run_id
+        version_dir = join_path(output, version_name)
+        splits = {}
+        for split in SPLITS:
+            url = dataset_url(join_path(version_dir, split))
+            rows = samples.filter(F.col("split") == split).select(*schema.fields.keys())
+            if export.codec == "ndarray":
+                rows = rows.mapInPandas(_decode_to_npy, rows.schema)
+            # Shuffled before writing, so every row group mixes classes.
+            rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
+            with materialize_dataset(spark, url, schema, export.row_group_size_mb):
+                rows.write.mode("overwrite").parquet(url)
+            groups = row_groups(url)
+            splits[split] = {"url": url, "rows": sum(counts[split].values()), "per_class": counts[split],
+                             "row_groups": groups}
+            if sum(g["rows"] for g in groups) != splits[split]["rows"]:
+                raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
+                                   f"expected {splits[split]['rows']}")
+            log.info("exported %s: %d rows in %d row groups", url, splits[split]["rows"], len(groups))
+    finally:
+        samples.unpersist()
 
     manifest = {
         "package_version": imgshards.__version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "run_id": run_id,
+        "version_dir": version_dir,
         "source": {"table": config.table_path(IMAGES_TABLE), "version": version},
         "processed_table": config.table_path(PROCESSED_TABLE),
         "config_fingerprint": fingerprint,
         "config": config.to_dict(),
         "image": {"height": config.preprocess.size, "width": config.preprocess.size, "channels": 3,
-                  "format": config.preprocess.output_format},
+                  "format": config.preprocess.output_format, "codec": export.codec},
+        "schema": {name: {"dtype": np.dtype(f.numpy_dtype).name, "shape": list(f.shape), "codec": str(f.codec)}
+                   for name, f in schema.fields.items()},
+        "normalization": stats,
         "classes": classes,
-        "splits": {
-            split: {"url": split_url(output, split), "rows": sum(counts[split].values()), "per_class": counts[split]}
-            for split in SPLITS
-        },
+        "splits": splits,
     }
-    storage.write_text(spark, join_path(output, CLASSES_FILE),
-                       json.dumps({"classes": [{"index": i, "name": n} for i, n in enumerate(classes)]}, indent=2))
-    storage.write_text(spark, join_path(output, MANIFEST_FILE), json.dumps(manifest, indent=2, default=list))
-    return ExportResult(output=output, source_version=version, classes=classes, counts=counts)
+    text = json.dumps(manifest, indent=2, default=list)
+    classes_text = json.dumps({"classes": [{"index": i, "name": n} for i, n in enumerate(classes)]}, indent=2)
+    storage.write_text(spark, join_path(version_dir, MANIFEST_FILE), text)
+    storage.write_text(spark, join_path(version_dir, CLASSES_FILE), classes_text)
+    storage.write_text(spark, join_path(output, CLASSES_FILE), classes_text)
+    publish_manifest(spark, output, text)
+    for old in _previous_versions(output)[: -export.keep_versions]:
+        if old != version_name:
+            storage.delete(spark, join_path(output, old))
+    return ExportResult(output=output, version_dir=version_dir, source_version=version, classes=classes, counts=counts)

@@ -1,80 +1,302 @@
-"""Training side: stream an exported split into PyTorch through Petastorm.
+"""Training side: stream an exported split into PyTorch, sharded for DDP without hangs.
 
     from imgshards.loader import make_dataloader
-    with make_dataloader("file:///data/shards/train", batch_size=64) as loader:
-        for batch in loader:
+    loader = make_dataloader("/data/shards", "train", batch_size=64, seed=0)   # rank/world from torch.distributed
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:                       # len(loader) batches, the same on every rank
             images, labels = batch["image"], batch["label"]   # float32 N x 3 x H x W, int64 N
 
-Imports torch and petastorm lazily, so the rest of the package does not need them.
+The plan for an epoch comes from the export's manifest (row groups and their row counts) and the
+sha256 column: row groups are permuted with (seed, epoch), the samples concatenated, and rank r takes
+the r-th of ``shard_count`` equal slices, so the shards cover the split exactly once (``remainder="drop"``
+leaves out fewer than ``shard_count`` samples; ``"pad"`` repeats as many from the start) and every rank
+yields the same number of batches. Within a rank, samples are shuffled in windows of ``shuffle_buffer``.
+
+Two backends yield the same samples per rank and epoch:
+
+- ``"arrow"``: plain pyarrow + Pillow + numpy (+ torch to collate). It never imports Petastorm or Spark,
+  so it runs in a modern training environment (numpy 2, current pyarrow).
+- ``"petastorm"``: Petastorm's ``make_reader`` restricted to the rank's samples (an ``in_set`` predicate
+  on sha256), for code that wants Petastorm's reader pool. Order within the rank follows Petastorm's.
+
+Both are resumable: ``state_dict()`` / ``load_state_dict()`` continue mid-epoch without repeating or
+skipping a sample.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import io
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKENDS = ("arrow", "petastorm")
+REMAINDER_POLICIES = ("drop", "pad")
+MANIFEST_FILE = "manifest.json"
 
 
-def normalize_chw(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+def normalize_chw(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
     """H x W x 3 uint8 -> 3 x H x W float32, scaled to [0, 1] then normalized per channel."""
     chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
     return (chw - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
 
 
-class _Normalize:
-    """A picklable row transform for Petastorm's worker pool."""
+def _filesystem(url: str):
+    import pyarrow.fs as pafs
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+    if "://" not in url:
+        url = "file://" + os.path.abspath(url)
+    return pafs.FileSystem.from_uri(url)
 
-    def __call__(self, row: dict) -> dict:
-        row["image"] = normalize_chw(row["image"], self.mean, self.std)
-        row["label"] = np.int64(row["label"])
-        return row
+
+def read_manifest(url: str) -> dict:
+    """The manifest of an export: ``url`` is the export root (or one version folder), local or remote."""
+    fs, path = _filesystem(url)
+    with fs.open_input_stream(path.rstrip("/") + "/" + MANIFEST_FILE) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def decode_image(value: bytes, codec: str) -> np.ndarray:
+    """Stored image bytes -> H x W x 3 uint8 RGB (JPEG/PNG via Pillow, or an np.save'd array)."""
+    if codec == "ndarray":
+        return np.load(io.BytesIO(value))
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(value)).convert("RGB"))
+
+
+def _distributed_rank_world() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardedImageLoader:
+    """An iterable of collated batches over one split; see the module docstring. Build it with
+    :func:`make_dataloader`."""
+
+    def __init__(self, manifest: dict, split: str, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
+                 cur_shard: int, shard_count: int, transform: Optional[Callable], workers: int, backend: str,
+                 remainder: str, shuffle_buffer: int, collate: bool):
+        self.manifest = manifest
+        self.split = split
+        self.split_info = manifest["splits"][split]
+        self.url = self.split_info["url"]
+        self.codec = manifest["image"].get("codec", "compressed")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = epoch
+        self.cur_shard = cur_shard
+        self.shard_count = shard_count
+        self.transform = transform if transform is not None else normalize_chw
+        self.workers = workers
+        self.backend = backend
+        self.remainder = remainder
+        self.shuffle_buffer = shuffle_buffer
+        self.collate = collate
+        self.position = 0  # samples of the current epoch already yielded on this rank
+        self._yielded: list = []  # petastorm backend: sha256s yielded this epoch (its order is not ours)
+        self._shas: Optional[list] = None
+
+    # -- planning ------------------------------------------------------------------------------------
+
+    @property
+    def total_rows(self) -> int:
+        return self.split_info["rows"]
+
+    @property
+    def samples_per_shard(self) -> int:
+        n, world = self.total_rows, self.shard_count
+        return n // world if self.remainder == "drop" else math.ceil(n / world)
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples_per_shard / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (its order); restarts it from the beginning."""
+        self.epoch = epoch
+        self.position = 0
+        self._yielded = []
+
+    def _row_group_shas(self) -> list:
+        """sha256 of every row, per row group in manifest order (read once; the column is small)."""
+        if self._shas is None:
+            import pyarrow.parquet as pq
+
+            fs, root = _filesystem(self.url)
+            by_file: dict = {}
+            for group in self.split_info["row_groups"]:
+                by_file.setdefault(group["file"], []).append(group["index"])
+            shas = {}
+            for name, indexes in by_file.items():
+                with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
+                    parquet = pq.ParquetFile(f)
+                    for index in indexes:
+                        shas[(name, index)] = parquet.read_row_group(index, columns=["sha256"]).column(0).to_pylist()
+            self._shas = [shas[(g["file"], g["index"])] for g in self.split_info["row_groups"]]
+        return self._shas
+
+    def plan(self) -> list:
+        """This rank's samples for the current epoch, in order: [(row group number, row, sha256)]."""
+        groups = self.split_info["row_groups"]
+        order = list(range(len(groups)))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.shuffle:
+            rng.shuffle(order)
+        shas = self._row_group_shas()
+        everything = [(g, row, shas[g][row]) for g in order for row in range(groups[g]["rows"])]
+        per_shard = self.samples_per_shard
+        if self.remainder == "pad" and everything:
+            everything += everything[: per_shard * self.shard_count - len(everything)]
+        mine = everything[self.cur_shard * per_shard : (self.cur_shard + 1) * per_shard]
+        if self.shuffle and self.shuffle_buffer > 1:
+            local = np.random.default_rng([self.seed, self.epoch, self.cur_shard])
+            for start in range(0, len(mine), self.shuffle_buffer):
+                window = mine[start : start + self.shuffle_buffer]
+                local.shuffle(window)
+                mine[start : start + self.shuffle_buffer] = window
+        return mine
+
+    # -- resuming ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                 "cur_shard": self.cur_shard, "shard_count": self.shard_count, "backend": self.backend}
+        if self.backend == "petastorm":
+            state["yielded"] = list(self._yielded)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "cur_shard", "shard_count", "backend"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict was saved with {key}={state[key]!r}, this loader has {getattr(self, key)!r}")
+        self.epoch = state["epoch"]
+        self.position = state["position"]
+        self._yielded = list(state.get("yielded", []))
+
+    # -- iteration -----------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator:
+        samples = self._arrow_samples() if self.backend == "arrow" else self._petastorm_samples()
+        batch: list = []
+        with ThreadPoolExecutor(max(self.workers, 1)) as pool:
+            for sample in samples:
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    yield self._collate(pool, batch)
+                    batch = []
+            if batch:
+                yield self._collate(pool, batch)
+        # A complete pass ends the epoch: the next iteration is the next epoch.
+        self.set_epoch(self.epoch + 1)
+
+    def _collate(self, pool: ThreadPoolExecutor, batch: list):
+        images = list(pool.map(lambda s: self.transform(self._pixels(s["image"])), batch))
+        labels = np.asarray([s["label"] for s in batch], dtype=np.int64)
+        out = {"image": np.stack(images), "label": labels,
+               "label_name": [s["label_name"] for s in batch], "sha256": [s["sha256"] for s in batch]}
+        self.position += len(batch)
+        if self.backend == "petastorm":
+            self._yielded.extend(out["sha256"])
+        if self.collate:
+            import torch
+
+            out["image"] = torch.from_numpy(out["image"])
+            out["label"] = torch.from_numpy(labels)
+        return out
+
+    def _arrow_samples(self) -> Iterator[dict]:
+        import pyarrow.parquet as pq
+
+        fs, root = _filesystem(self.url)
+        groups = self.split_info["row_groups"]
+        cache: dict = {}
+        for g, row, sha in self.plan()[self.position :]:
+            if g not in cache:
+                if len(cache) >= 2:  # the shuffle window spans at most a few row groups
+                    cache.pop(next(iter(cache)))
+                with fs.open_input_file(f"{root.rstrip('/')}/{groups[g]['file']}") as f:
+                    table = pq.ParquetFile(f).read_row_group(
+                        groups[g]["index"], columns=["image", "label", "label_name", "sha256"])
+                cache[g] = table.to_pydict()
+            columns = cache[g]
+            if columns["sha256"][row] != sha:
+                raise RuntimeError(f"{self.url} changed while being read (row group {g}, row {row})")
+            yield {name: columns[name][row] for name in ("image", "label", "label_name", "sha256")}
+
+    def _petastorm_samples(self) -> Iterator[dict]:
+        from petastorm import make_reader
+        from petastorm.predicates import in_set
+
+        mine = [sha for _, _, sha in self.plan()]
+        remaining = list(mine)
+        for sha in self._yielded:  # resume: what was yielded is not yielded again (padding repeats once each)
+            remaining.remove(sha)
+        if not remaining:
+            return
+        wanted = set(remaining)
+        counts: dict = {}
+        for sha in remaining:
+            counts[sha] = counts.get(sha, 0) + 1
+        with make_reader(self.url, num_epochs=1, predicate=in_set(wanted, "sha256"), shuffle_row_groups=self.shuffle,
+                         seed=self.seed + self.epoch, workers_count=max(self.workers, 1), reader_pool_type="thread",
+                         schema_fields=["image", "label", "label_name", "sha256"]) as reader:
+            for row in reader:
+                for _ in range(counts.pop(row.sha256, 0)):
+                    yield {"image": row.image, "label": int(row.label), "label_name": row.label_name, "sha256": row.sha256}
+
+    def _pixels(self, image) -> np.ndarray:
+        """Petastorm's reader hands decoded arrays; the arrow backend hands the stored bytes."""
+        return image if isinstance(image, np.ndarray) else decode_image(image, self.codec)
 
 
 def make_dataloader(
     url: str,
+    split: str,
     batch_size: int = 32,
     *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     shuffle: bool = True,
-    seed: Optional[int] = None,
-    num_epochs: int = 1,
-    workers: int = 2,
+    seed: int = 0,
+    epoch: int = 0,
     cur_shard: Optional[int] = None,
     shard_count: Optional[int] = None,
-):
-    """A ``petastorm.pytorch.DataLoader`` over one exported split (``url`` like ``file:///.../train``).
-
-    Yields dicts with ``image`` (float32 tensor N x 3 x H x W, normalized with ``mean``/``std``),
-    ``label`` (int64 tensor N) and ``label_name`` / ``sha256`` (lists of str). Use it as a context
-    manager so the reader's workers stop. ``num_epochs=None`` loops forever.
-    """
+    transform: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    workers: int = 2,
+    backend: str = "arrow",
+    remainder: str = "drop",
+    shuffle_buffer: int = 1024,
+    collate: bool = True,
+) -> ShardedImageLoader:
+    """A loader over ``split`` of the export at ``url`` (its root, local path or file://, s3://, gs://,
+    hdfs:// URL). ``transform`` maps an H x W x 3 uint8 array to the model's input (default: ImageNet
+    normalization to 3 x H x W float32). Under ``torch.distributed`` the shard and shard count default to
+    the rank and world size. ``collate=False`` yields numpy arrays instead of torch tensors."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if remainder not in REMAINDER_POLICIES:
+        raise ValueError(f"remainder must be one of {REMAINDER_POLICIES}, got {remainder!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need 3 values each, got {mean!r} and {std!r}")
-    from petastorm import TransformSpec, make_reader
-    from petastorm.pytorch import DataLoader
-
-    transform = TransformSpec(
-        _Normalize(mean, std),
-        edit_fields=[("image", np.float32, (3, None, None), False), ("label", np.int64, (), False)],
-    )
-    reader = make_reader(
-        url,
-        num_epochs=num_epochs,
-        transform_spec=transform,
-        shuffle_row_groups=shuffle,
-        seed=seed,
-        workers_count=workers,
-        cur_shard=cur_shard,
-        shard_count=shard_count,
-        reader_pool_type="thread",
-    )
-    return DataLoader(reader, batch_size=batch_size)
+    rank, world = _distributed_rank_world()
+    cur_shard = rank if cur_shard is None else cur_shard
+    shard_count = world if shard_count is None else shard_count
+    if not 0 <= cur_shard < shard_count:
+        raise ValueError(f"cur_shard must be in 0..{shard_count - 1}, got {cur_shard!r}")
+    manifest = read_manifest(url)
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} is not in the export at {url}; it has {sorted(manifest['splits'])}")
+    return ShardedImageLoader(manifest, split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                              cur_shard=cur_shard, shard_count=shard_count, transform=transform, workers=workers,
+                              backend=backend, remainder=remainder, shuffle_buffer=shuffle_buffer, collate=collate)

@@ -86,16 +86,17 @@ PROCESSED_SCHEMA = StructType(
 )
 
 
-def export_unischema(size: int, image_format: str):
-    """The Petastorm schema of an exported split: image (size x size x 3 uint8, stored compressed),
-    label index, label name and the source sha256."""
-    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+def export_unischema(size: int, image_format: str, codec: str = "compressed"):
+    """The Petastorm schema of an exported split: image (size x size x 3 uint8, stored JPEG/PNG-compressed
+    or as a raw ndarray), label index, label name and the source sha256."""
+    from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
     from petastorm.unischema import Unischema, UnischemaField
 
+    image_codec = CompressedImageCodec(image_format) if codec == "compressed" else NdarrayCodec()
     return Unischema(
         "ImageSample",
         [
-            UnischemaField("image", np.uint8, (size, size, 3), CompressedImageCodec(image_format), False),
+            UnischemaField("image", np.uint8, (size, size, 3), image_codec, False),
             UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
             UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
             UnischemaField("sha256", np.str_, (), ScalarCodec(StringType()), False),

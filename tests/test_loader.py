@@ -1,0 +1,211 @@
+"""The training-side reader: exact DDP coverage with equal batch counts, deterministic shuffling,
+resumable epochs, both backends, atomic re-export, other readers, and the arrow backend in a modern
+environment without Petastorm."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from imgshards.config import load_config
+from imgshards.export import run_export
+from imgshards.ingest import run_ingest
+from imgshards.loader import make_dataloader, read_manifest
+from imgshards.preprocess import run_preprocess
+from imgshards.sample import make_sample_dataset
+
+
+@pytest.fixture(scope="module")
+def export(spark, tmp_path_factory):
+    work = tmp_path_factory.mktemp("loader")
+    make_sample_dataset(str(work / "raw"), per_class=40, seed=3)
+    base = load_config(overrides=["preprocess.size=32", "export.files_per_split=5", "export.row_group_size_mb=1",
+                                  "ingest.near_duplicates.enabled=false"])
+    config = dataclasses.replace(base, warehouse=str(work / "warehouse"), output=str(work / "shards"), workdir=str(work))
+    run_ingest(spark, config, str(work / "raw"), "l1")
+    run_preprocess(spark, config, "l1")
+    run_export(spark, config, "l1")
+    return config
+
+
+def shas(loader) -> list:
+    return [sha for batch in loader for sha in batch["sha256"]]
+
+
+def all_shas(config, split="train") -> list:
+    import pyarrow.parquet as pq
+
+    url = read_manifest(config.output)["splits"][split]["url"]
+    return pq.read_table(url[len("file://"):], columns=["sha256"]).column(0).to_pylist()
+
+
+def test_manifest_counts_equal_rows_read(export):
+    manifest = read_manifest(export.output)
+    for split, info in manifest["splits"].items():
+        assert len(all_shas(export, split)) == info["rows"] == sum(g["rows"] for g in info["row_groups"])
+        assert sum(info["per_class"].values()) == info["rows"]
+    assert len(manifest["splits"]["train"]["row_groups"]) >= 4
+    assert manifest["normalization"]["mean"] and len(manifest["normalization"]["std"]) == 3
+    assert manifest["schema"]["image"]["shape"] == [32, 32, 3]
+    for key in ("package_version", "created_at", "config_fingerprint", "source"):
+        assert key in manifest
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("remainder", ["drop", "pad"])
+def test_exact_coverage_and_equal_batches(export, world, remainder):
+    everything = all_shas(export)
+    n = len(everything)
+    per_rank, batches = [], []
+    for rank in range(world):
+        loader = make_dataloader(export.output, "train", 16, seed=1, cur_shard=rank, shard_count=world,
+                                 remainder=remainder, collate=False, workers=1)
+        got = [len(b["sha256"]) for b in loader]
+        loader.set_epoch(0)
+        per_rank.append(shas(loader))
+        batches.append(len(got))
+        assert len(got) == len(loader)
+    assert len(set(batches)) == 1  # every rank the same number of batches: DDP cannot hang
+    assert len({len(r) for r in per_rank}) == 1
+    union = [s for r in per_rank for s in r]
+    if remainder == "drop":
+        assert len(union) == len(set(union)) == n - n % world  # no sample twice
+        assert set(union) <= set(everything)
+    else:
+        assert set(union) == set(everything)
+        assert len(union) == world * -(-n // world)
+        assert max(Counter(union).values()) <= 2
+
+
+def test_same_seed_same_order_next_epoch_different(export):
+    def order(seed, epoch):
+        return shas(make_dataloader(export.output, "train", 8, seed=seed, epoch=epoch, collate=False, workers=1))
+
+    assert order(5, 0) == order(5, 0)
+    assert order(5, 0) != order(5, 1)
+    assert sorted(order(5, 0)) == sorted(order(5, 1))
+    assert order(5, 0) != order(6, 0)
+    # Without shuffling the order is the written order, the same every epoch.
+    loader = make_dataloader(export.output, "train", 8, shuffle=False, collate=False, workers=1)
+    first, second = shas(loader), shas(loader)  # the second pass is epoch 1
+    assert first == second and loader.epoch == 2
+
+
+@pytest.mark.parametrize("backend", ["arrow", "petastorm"])
+def test_resume_mid_epoch(export, backend):
+    full = make_dataloader(export.output, "train", 8, seed=2, epoch=3, backend=backend, collate=False, workers=1,
+                           cur_shard=1, shard_count=2)
+    expected = shas(full)
+    loader = make_dataloader(export.output, "train", 8, seed=2, epoch=3, backend=backend, collate=False, workers=1,
+                             cur_shard=1, shard_count=2)
+    before = []
+    for i, batch in enumerate(loader):
+        before += batch["sha256"]
+        if i == 2:
+            break
+    state = json.loads(json.dumps(loader.state_dict()))  # a checkpoint survives serialization
+    resumed = make_dataloader(export.output, "train", 8, seed=2, backend=backend, collate=False, workers=1,
+                              cur_shard=1, shard_count=2)
+    resumed.load_state_dict(state)
+    after = shas(resumed)
+    assert not set(before) & set(after)
+    assert sorted(before + after) == sorted(expected)
+    if backend == "arrow":
+        assert before + after == expected  # same order, too
+
+
+def test_both_backends_yield_the_same_samples(export):
+    for rank in range(2):
+        kwargs = dict(seed=4, cur_shard=rank, shard_count=2, collate=False, workers=2)
+        arrow = {}
+        for batch in make_dataloader(export.output, "val", 4, backend="arrow", **kwargs):
+            arrow.update(zip(batch["sha256"], zip(batch["image"], batch["label"])))
+        petastorm = {}
+        for batch in make_dataloader(export.output, "val", 4, backend="petastorm", **kwargs):
+            petastorm.update(zip(batch["sha256"], zip(batch["image"], batch["label"])))
+        assert arrow.keys() == petastorm.keys() and arrow
+        for sha, (image, label) in arrow.items():
+            assert label == petastorm[sha][1]
+            np.testing.assert_allclose(image, petastorm[sha][0], atol=1e-5)
+
+
+def test_reexport_while_a_reader_holds_the_old_one(spark, export):
+    loader = make_dataloader(export.output, "train", 8, seed=0, collate=False, workers=1)
+    old_url = loader.url
+    first = []
+    iterator = iter(loader)
+    first += next(iterator)["sha256"]
+    run_export(spark, dataclasses.replace(export, export=dataclasses.replace(export.export, shuffle_seed=9)), "l2")
+    new_url = read_manifest(export.output)["splits"]["train"]["url"]
+    assert new_url != old_url
+    for batch in iterator:  # the old version is still whole
+        first += batch["sha256"]
+    assert sorted(first) == sorted(all_shas(export))
+    assert os.path.isdir(old_url[len("file://"):])
+
+
+def test_other_readers_read_the_shards(export):
+    import pyarrow.parquet as pq
+    from petastorm import make_batch_reader
+
+    manifest = read_manifest(export.output)
+    url = manifest["splits"]["val"]["url"]
+    frame = pq.read_table(url[len("file://"):]).to_pandas()
+    assert len(frame) == manifest["splits"]["val"]["rows"]
+    assert set(frame.columns) == {"image", "label", "label_name", "sha256"}
+    rows = 0
+    with make_batch_reader(url, num_epochs=1, schema_fields=["label", "sha256"]) as reader:
+        for batch in reader:
+            rows += len(batch.sha256)
+    assert rows == manifest["splits"]["val"]["rows"]
+
+
+@pytest.mark.slow
+def test_arrow_backend_in_a_modern_environment_without_petastorm(export):
+    subprocess.run([os.path.join(ROOT, "scripts", "setup_modern_env.sh")], check=True, timeout=1200)
+    python = os.path.join(ROOT, ".venv-modern", "bin", "python")
+    code = f"""
+import sys, numpy, pyarrow
+sys.path.insert(0, {os.path.join(ROOT, 'lib')!r})
+from imgshards.loader import make_dataloader
+assert int(numpy.__version__.split('.')[0]) >= 2, numpy.__version__
+loader = make_dataloader({export.output!r}, 'train', 16, seed=1, cur_shard=0, shard_count=2)
+rows = sum(len(b['sha256']) for b in loader)
+assert 'petastorm' not in sys.modules and 'pyspark' not in sys.modules
+for name in ('petastorm', 'pyspark'):
+    try:
+        __import__(name)
+        raise SystemExit(name + ' should not be installed here')
+    except ImportError:
+        pass
+print('rows', rows, 'batches', len(loader), 'numpy', numpy.__version__, 'pyarrow', pyarrow.__version__)
+"""
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    expected = make_dataloader(export.output, "train", 16, seed=1, cur_shard=0, shard_count=2)
+    assert f"rows {expected.samples_per_shard} batches {len(expected)}" in result.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_ddp_example(export, tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29531",
+         os.path.join(ROOT, "scripts", "train_example.py"), "--shards", export.output, "--epochs", "2",
+         "--batch-size", "8"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2, result.stdout
+    losses = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert all(np.isfinite(losses))
+    assert losses[1] < losses[0], losses  # seeded: the same losses every run
+    assert "world 2" in result.stdout
