@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -42,10 +43,15 @@ MANIFEST_FILE = "manifest.json"
 
 
 def normalize_chw(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
-                  std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """H x W x 3 uint8 -> 3 x H x W float32, scaled to [0, 1] then normalized per channel."""
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0
-    return (chw - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+                  std: Sequence[float] = IMAGENET_STD, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """H x W x 3 uint8 -> 3 x H x W float32, scaled to [0, 1] then normalized per channel: one multiply
+    and one add per channel, written into ``out`` when given (no intermediate arrays)."""
+    if out is None:
+        out = np.empty((3,) + image.shape[:2], np.float32)
+    for c in range(3):
+        np.multiply(image[..., c], np.float32(1.0 / (255.0 * std[c])), out=out[c], casting="unsafe")
+        out[c] += np.float32(-mean[c] / std[c])
+    return out
 
 
 def _filesystem(url: str):
@@ -70,6 +76,17 @@ def decode_image(value: bytes, codec: str) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(value)).convert("RGB"))
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _distributed_rank_world() -> tuple[int, int]:
@@ -100,7 +117,7 @@ class ShardedImageLoader:
         self.epoch = epoch
         self.cur_shard = cur_shard
         self.shard_count = shard_count
-        self.transform = transform if transform is not None else normalize_chw
+        self.transform = transform  # None: normalize_chw straight into the batch array
         self.workers = workers
         self.backend = backend
         self.remainder = remainder
@@ -190,31 +207,40 @@ class ShardedImageLoader:
 
     def __iter__(self) -> Iterator:
         samples = self._arrow_samples() if self.backend == "arrow" else self._petastorm_samples()
-        batch: list = []
-        with ThreadPoolExecutor(max(self.workers, 1)) as pool:
-            for sample in samples:
-                batch.append(sample)
-                if len(batch) == self.batch_size:
-                    yield self._collate(pool, batch)
-                    batch = []
-            if batch:
-                yield self._collate(pool, batch)
+        workers = max(self.workers, 1)
+        pending: deque = deque()
+        with ThreadPoolExecutor(workers) as pool:
+            # Whole batches are decoded in the pool, up to `workers` ahead of the training loop.
+            for chunk in _chunks(samples, self.batch_size):
+                pending.append(pool.submit(self._build, chunk))
+                if len(pending) > workers:
+                    yield self._finish(pending.popleft().result())
+            while pending:
+                yield self._finish(pending.popleft().result())
         # A complete pass ends the epoch: the next iteration is the next epoch.
         self.set_epoch(self.epoch + 1)
 
-    def _collate(self, pool: ThreadPoolExecutor, batch: list):
-        images = list(pool.map(lambda s: self.transform(self._pixels(s["image"])), batch))
-        labels = np.asarray([s["label"] for s in batch], dtype=np.int64)
-        out = {"image": np.stack(images), "label": labels,
-               "label_name": [s["label_name"] for s in batch], "sha256": [s["sha256"] for s in batch]}
-        self.position += len(batch)
+    def _build(self, batch: list) -> dict:
+        first = self._pixels(batch[0]["image"])
+        if self.transform is None:
+            images = np.empty((len(batch), 3) + first.shape[:2], np.float32)
+            for i, sample in enumerate(batch):
+                normalize_chw(first if i == 0 else self._pixels(sample["image"]), out=images[i])
+        else:
+            images = np.stack([self.transform(first if i == 0 else self._pixels(s["image"])) for i, s in enumerate(batch)])
+        return {"image": images, "label": np.asarray([s["label"] for s in batch], dtype=np.int64),
+                "label_name": [s["label_name"] for s in batch], "sha256": [s["sha256"] for s in batch]}
+
+    def _finish(self, out: dict):
+        """Runs on the consumer's thread, in order: the state advances with what was handed over."""
+        self.position += len(out["sha256"])
         if self.backend == "petastorm":
             self._yielded.extend(out["sha256"])
         if self.collate:
             import torch
 
             out["image"] = torch.from_numpy(out["image"])
-            out["label"] = torch.from_numpy(labels)
+            out["label"] = torch.from_numpy(out["label"])
         return out
 
     def _arrow_samples(self) -> Iterator[dict]:
