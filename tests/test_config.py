@@ -60,3 +60,11 @@ def test_fingerprint_follows_the_settings_it_covers():
     assert a.fingerprint("preprocess") == load_config().fingerprint("preprocess")
     assert a.fingerprint("preprocess") != b.fingerprint("preprocess")
     assert a.fingerprint("preprocess") == c.fingerprint("preprocess")
+    # The backend does not change what rows are for; it is recorded per row instead.
+    assert a.output_fingerprint() == load_config(overrides=["preprocess.backend=dali-cpu"]).output_fingerprint()
+    assert a.output_fingerprint() != b.output_fingerprint()
+
+
+def test_unknown_backend_fails():
+    with pytest.raises(ConfigError, match="preprocess.backend"):
+        load_config(overrides=["preprocess.backend=cuda"])

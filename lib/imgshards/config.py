@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -135,14 +136,22 @@ class IngestConfig:
         self.split.validate()
 
 
+BACKENDS = ("pil", "dali-cpu", "dali-gpu", "auto")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     size: int = 224
     output_format: str = "jpeg"
     quality: int = 90
     draft: bool = True
+    backend: str = "pil"
 
     def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"preprocess.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.backend != "pil" and importlib.util.find_spec("nvidia.dali") is None:
+            raise ConfigError(f"preprocess.backend={self.backend} needs NVIDIA DALI: pip install 'imgshards[gpu]'")
         if not 8 <= self.size <= 4096:
             raise ConfigError(f"preprocess.size must be in 8..4096, got {self.size!r}")
         if self.output_format not in OUTPUT_FORMATS:
@@ -197,6 +206,12 @@ class PipelineConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def output_fingerprint(self) -> str:
+        """What the processed rows depend on: the preprocess settings except the backend (backends agree
+        within a pixel tolerance; each row records which one made it)."""
+        data = {"preprocess": _without_backend(self.to_dict()["preprocess"])}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
     def fingerprint(self, *sections: str) -> str:
         """A short, stable hash of the named sections (all of them when none are named)."""
         data = self.to_dict()
@@ -204,6 +219,10 @@ class PipelineConfig:
             data = {name: data[name] for name in sections}
         canonical = json.dumps(data, sort_keys=True, default=list)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _without_backend(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "backend"}
 
 
 def join_path(base: str, *parts: str) -> str:

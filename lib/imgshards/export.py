@@ -137,7 +137,7 @@ def run_export(
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
-    fingerprint = config.fingerprint("preprocess")
+    fingerprint = config.output_fingerprint()
     samples = select_current(processed, images, fingerprint)
 
     classes = sorted(r[0] for r in samples.select("label").distinct().collect() if r[0] is not None)

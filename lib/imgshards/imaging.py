@@ -9,6 +9,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -189,11 +190,33 @@ def process(
         img = to_rgb(img)
         box = center_crop_box(img.size[0], img.size[1], size)
         img = img.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
-        out = io.BytesIO()
-        if output_format == "jpeg":
-            img.save(out, format="JPEG", quality=quality)
-        else:
-            img.save(out, format="PNG", compress_level=1)
+        return encode(img, output_format, quality), size, size
     except Exception as e:  # noqa: BLE001 - see _decode_error
         raise _decode_error(e) from e
-    return out.getvalue(), size, size
+
+
+def encode(img, output_format: str, quality: int) -> bytes:
+    """An RGB PIL image or H x W x 3 uint8 array -> JPEG (``quality``) or PNG bytes."""
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    img.info = {}  # metadata of the source (a tRNS chunk, ICC, EXIF) does not describe the output
+    out = io.BytesIO()
+    if output_format == "jpeg":
+        img.save(out, format="JPEG", quality=quality)
+    else:
+        img.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def plain_rgb_jpeg_or_png(data: bytes, max_pixels: int) -> Optional[tuple]:
+    """(width, height) for the images a DALI decoder handles exactly like :func:`process`: JPEG or PNG in
+    RGB or L, no transparency, no EXIF orientation; None for everything else (the Pillow path).
+    Raises :class:`ImageError` for bad input."""
+    img = _open(data, max_pixels)
+    if img.format not in ("JPEG", "PNG") or img.mode not in ("RGB", "L") or "transparency" in img.info:
+        return None
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: let Pillow's path decide
+        return None
+    return img.size if orientation in (0, 1) else None

@@ -33,6 +33,8 @@ _RESULT_TYPE = StructType(
         StructField("width", IntegerType(), True),
         StructField("height", IntegerType(), True),
         StructField("backend", StringType(), True),
+        StructField("device", StringType(), True),
+        StructField("task_gpu", StringType(), True),
         StructField("reason", StringType(), True),
         StructField("detail", StringType(), True),
     ]
@@ -47,30 +49,111 @@ class PreprocessCounts:
     processed: int = 0
     quarantined: int = 0
     quarantine_reasons: Optional[dict] = None
+    backends: Optional[dict] = None  # "backend on device" -> rows
 
 
-def process_series(contents: pd.Series, settings: PreprocessConfig, max_pixels: int) -> pd.DataFrame:
-    """One Arrow batch of raw image bytes -> image/width/height/backend/reason/detail columns."""
-    rows = []
-    for data in contents:
+@dataclass(frozen=True)
+class Placement:
+    """Where a task's images are processed: the backend that runs, its DALI device id (None: CPU), the
+    GPU address Spark gave the task (None: none), and why a requested GPU was not used."""
+
+    backend: str
+    device_id: Optional[int]
+    task_gpu: Optional[str]
+    note: str = ""
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.device_id is None else f"gpu:{self.device_id}"
+
+
+def task_gpu_address() -> Optional[str]:
+    """The first GPU address Spark assigned to the running task, if any."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    resources = context.resources() if context is not None else {}
+    gpu = resources.get("gpu")
+    return gpu.addresses[0] if gpu is not None and gpu.addresses else None
+
+
+def place(requested: str, task_gpu: Optional[str], cuda_usable) -> Placement:
+    """Resolve the configured backend for a task. The GPU is the one Spark assigned (never a fixed 0)."""
+    if requested in ("pil", "dali-cpu"):
+        return Placement(requested, None, task_gpu)
+    if requested == "dali-gpu":
+        if task_gpu is None:
+            raise RuntimeError("preprocess.backend=dali-gpu but Spark gave this task no GPU: use the gpu profile "
+                               "(spark.task.resource.gpu.amount) or backend auto")
+        return Placement("dali-gpu", int(task_gpu), task_gpu)
+    if task_gpu is not None and cuda_usable(int(task_gpu)):
+        return Placement("dali-gpu", int(task_gpu), task_gpu)
+    why = "the task has no GPU" if task_gpu is None else f"GPU {task_gpu} was assigned but CUDA cannot use it"
+    return Placement("dali-cpu", None, task_gpu, note=f"auto: {why}, falling back to dali-cpu")
+
+
+def process_series(contents: pd.Series, settings: PreprocessConfig, max_pixels: int,
+                   placement: Placement = Placement("pil", None, None)) -> pd.DataFrame:
+    """One Arrow batch of raw image bytes -> the _RESULT_TYPE columns. With a DALI placement, plain RGB/L
+    JPEGs and PNGs go through DALI in one batch; the rest (other modes, transparency, EXIF orientation)
+    through Pillow, and each row records the backend that made it."""
+    rows: list = [None] * len(contents)
+    dali_rows, dali_sizes = [], []
+    for i, data in enumerate(contents):
         try:
+            plain_size = imaging.plain_rgb_jpeg_or_png(data, max_pixels) if placement.backend != "pil" else None
+            if plain_size:
+                dali_rows.append(i)
+                dali_sizes.append(plain_size)
+                continue
             image, width, height = imaging.process(
                 data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
                 max_pixels=max_pixels, draft=settings.draft,
             )
-            rows.append((image, width, height, "pil", None, None))
+            rows[i] = (image, width, height, "pil", "cpu", placement.task_gpu, None, None)
         except imaging.ImageError as e:
-            rows.append((None, None, None, "pil", e.reason, e.detail))
+            rows[i] = (None, None, None, "pil", "cpu", placement.task_gpu, e.reason, e.detail)
+    if dali_rows:
+        from imgshards import dali_backend
+
+        try:
+            arrays = dali_backend.resize_crop([contents.iloc[i] for i in dali_rows], dali_sizes, settings.size,
+                                              placement.device_id)
+        except RuntimeError:
+            # One bad image fails a whole DALI batch: redo them one by one so only the bad one is quarantined.
+            arrays = []
+            for i, plain_size in zip(dali_rows, dali_sizes):
+                try:
+                    arrays.extend(dali_backend.resize_crop([contents.iloc[i]], [plain_size], settings.size,
+                                                           placement.device_id))
+                except RuntimeError as e:
+                    arrays.append(imaging.ImageError("corrupt", f"DALI: {str(e).splitlines()[0]}"))
+        for i, array in zip(dali_rows, arrays):
+            if isinstance(array, imaging.ImageError):
+                rows[i] = (None, None, None, placement.backend, placement.device, placement.task_gpu,
+                           array.reason, array.detail)
+            else:
+                image = imaging.encode(array, settings.output_format, settings.quality)
+                rows[i] = (image, settings.size, settings.size, placement.backend, placement.device,
+                           placement.task_gpu, None, None)
     return pd.DataFrame(rows, columns=_RESULT_TYPE.fieldNames())
 
 
 def process_column(content: Column, settings: PreprocessConfig, max_pixels: int) -> Column:
-    """The preprocess transform as a Column: struct(image, width, height, backend, reason, detail)."""
+    """The preprocess transform as a Column: struct of _RESULT_TYPE. The placement is resolved once per
+    task, inside the task (DALI and CUDA must not be touched on the driver or before the fork)."""
 
     @F.pandas_udf(_RESULT_TYPE)
     def preprocess_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        placement = None
         for contents in batches:
-            yield process_series(contents, settings, max_pixels)
+            if placement is None:
+                from imgshards.dali_backend import cuda_usable
+
+                placement = place(settings.backend, task_gpu_address(), cuda_usable)
+                if placement.note:
+                    log.warning(placement.note)
+            yield process_series(contents, settings, max_pixels, placement)
 
     return preprocess_udf(content)
 
@@ -80,7 +163,7 @@ def run_preprocess(
 ) -> PreprocessCounts:
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
-    fingerprint = config.fingerprint("preprocess")
+    fingerprint = config.output_fingerprint()
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
     processed_path = config.table_path(PROCESSED_TABLE)
     done = (
@@ -100,6 +183,8 @@ def run_preprocess(
         ok = results.filter(F.col("reason").isNull())
         failed = results.filter(F.col("reason").isNotNull())
         counts.processed = ok.count()
+        counts.backends = {f"{r['backend']} on {r['device']}": r["count"]
+                           for r in ok.groupBy("backend", "device").count().collect()}
         reasons = {r["reason"]: r["count"] for r in failed.groupBy("reason").count().collect()}
         counts.quarantine_reasons = dict(sorted(reasons.items()))
         counts.quarantined = sum(reasons.values())
@@ -112,7 +197,7 @@ def run_preprocess(
                     "sha256", "path", "label", "split", "image",
                     F.lit(config.preprocess.output_format).alias("image_format"), "width", "height",
                     F.lit(fingerprint).alias("config_fingerprint"), F.lit(version).cast("long").alias("source_version"),
-                    "backend", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
+                    "backend", "device", "task_gpu", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
                 ),
                 ["sha256", "config_fingerprint"],
             )

@@ -80,6 +80,8 @@ PROCESSED_SCHEMA = StructType(
         StructField("config_fingerprint", StringType(), False),
         StructField("source_version", LongType(), False),
         StructField("backend", StringType(), False),
+        StructField("device", StringType(), False),
+        StructField("task_gpu", StringType(), True),
         StructField("processed_at", TimestampType(), False),
         StructField("run_id", StringType(), False),
     ]
