@@ -42,6 +42,10 @@ code_zip="$dist/imgshards.zip"
 (cd "$root/lib" && find imgshards -name '*.py' -newer "$code_zip" 2>/dev/null | grep -q . || [[ ! -s "$code_zip" ]]) \
   && (cd "$root/lib" && rm -f "$code_zip" && "$venv/bin/python" -m zipfile -c "$code_zip" imgshards >/dev/null)
 
+# Profiles may name project files as @ROOT@/...
+properties="$dist/spark-$profile.conf"
+sed "s|@ROOT@|$root|g" "$profile_file" > "$properties"
+
 jars="$(ls "$root"/.jars/*.jar | paste -sd, -)"
 export PYSPARK_PYTHON="$venv/bin/python"
 export PYSPARK_DRIVER_PYTHON="$venv/bin/python"
@@ -51,7 +55,7 @@ export PATH="$venv/bin:$PATH"
 
 # shellcheck disable=SC2086
 exec "$venv/bin/spark-submit" \
-  --properties-file "$profile_file" \
+  --properties-file "$properties" \
   --jars "$jars" \
   --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \

@@ -50,6 +50,8 @@ class PreprocessCounts:
     quarantined: int = 0
     quarantine_reasons: Optional[dict] = None
     backends: Optional[dict] = None  # "backend on device" -> rows
+    task_gpus: Optional[dict] = None  # GPU address Spark gave the task -> rows
+    gpu_fallback: str = ""  # set when backend auto ran on CPU although tasks were given GPUs
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,12 @@ def run_preprocess(
         counts.processed = ok.count()
         counts.backends = {f"{r['backend']} on {r['device']}": r["count"]
                            for r in ok.groupBy("backend", "device").count().collect()}
+        counts.task_gpus = {r["task_gpu"]: r["count"] for r in ok.filter(F.col("task_gpu").isNotNull())
+                            .groupBy("task_gpu").count().collect()}
+        if config.preprocess.backend == "auto" and counts.task_gpus and not any("gpu:" in k for k in counts.backends):
+            counts.gpu_fallback = ("auto: tasks were given GPUs " + ",".join(sorted(counts.task_gpus))
+                                   + " but CUDA could not use them; ran dali-cpu")
+            log.warning(counts.gpu_fallback)
         reasons = {r["reason"]: r["count"] for r in failed.groupBy("reason").count().collect()}
         counts.quarantine_reasons = dict(sorted(reasons.items()))
         counts.quarantined = sum(reasons.values())

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# A Spark standalone cluster on this machine, bound to 127.0.0.1: one master and one worker.
+#   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: the worker advertises N fake GPUs (tests only)
+#   scripts/local_cluster.sh stop
+# Env: SPARK_MASTER_PORT (7077), SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (4g), CLUSTER_DIR (.work/cluster).
+# The pip pyspark has no sbin/start-*.sh, so the daemons are started with spark-class.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${IMGSHARDS_VENV:-$root/.venv}"
+dir="${CLUSTER_DIR:-$root/.work/cluster}"
+port="${SPARK_MASTER_PORT:-7077}"
+command="${1:-}"; shift || true
+fake_gpus=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --fake-gpus) fake_gpus="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+stop() {
+  for name in worker master; do
+    if [[ -f "$dir/$name.pid" ]]; then
+      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+      rm -f "$dir/$name.pid"
+    fi
+  done
+}
+
+case "$command" in
+  start)
+    "$root/scripts/setup.sh"
+    mkdir -p "$dir"
+    stop
+    export SPARK_HOME="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
+    export SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$venv/bin/python"
+    nohup "$venv/bin/spark-class" org.apache.spark.deploy.master.Master --host 127.0.0.1 --port "$port" \
+      --webui-port 0 > "$dir/master.log" 2>&1 &
+    echo $! > "$dir/master.pid"
+    worker_opts=""
+    if [[ "$fake_gpus" -gt 0 ]]; then
+      worker_opts="-Dspark.worker.resource.gpu.amount=$fake_gpus -Dspark.worker.resource.gpu.discoveryScript=$root/scripts/fakeGpusResources.sh"
+      export FAKE_GPU_COUNT="$fake_gpus"
+    fi
+    SPARK_WORKER_OPTS="$worker_opts" nohup "$venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
+      --host 127.0.0.1 --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-4g}" \
+      --webui-port 0 --work-dir "$dir/work" "spark://127.0.0.1:$port" > "$dir/worker.log" 2>&1 &
+    echo $! > "$dir/worker.pid"
+    for _ in $(seq 1 60); do
+      if grep -q "Successfully registered with master" "$dir/worker.log" 2>/dev/null; then
+        echo "standalone cluster up: spark://127.0.0.1:$port (fake GPUs: $fake_gpus)"
+        exit 0
+      fi
+      sleep 1
+    done
+    echo "worker did not register within 60 s; see $dir/worker.log" >&2
+    stop
+    exit 1 ;;
+  stop) stop ;;
+  *) echo "usage: $0 start [--fake-gpus N] | stop" >&2; exit 2 ;;
+esac
