@@ -43,6 +43,8 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
         .config("spark.sql.files.maxPartitionBytes", "128m")
         .config("spark.sql.files.openCostInBytes", "256k")
         .config("spark.hadoop.parquet.enable.dictionary", "false")
+        .config("spark.sql.parquet.columnarReaderBatchSize", "64")
+        .config("spark.driver.memory", "4g")
     )
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)

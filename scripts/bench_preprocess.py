@@ -1,0 +1,186 @@
+"""Benchmark: preprocess throughput, in one run on the same files:
+  (a) a plain single-process PIL loop doing the same decode + orient + resize + crop + encode (draft on),
+      and the same loop without draft mode;
+  (b) the preprocess job with backend pil on local[2];  (c) with backend dali-cpu;
+  (d) a naive row-at-a-time Python UDF calling the same function.
+Data: ../shared/datasets/hymenoptera, and large photos made by upscaling them (>= 8 Mpx); peak RSS of
+the Spark Python workers is sampled, also with 24 Mpx inputs. Prints Markdown tables.
+
+    .venv/bin/python scripts/bench_preprocess.py [--large 24] [--size 224]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+from PIL import Image
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType
+
+from imgshards import imaging
+from imgshards.config import load_config
+from imgshards.ingest import run_ingest
+from imgshards.preprocess import process_column, run_preprocess
+from imgshards.sample import replicate_dataset
+from imgshards.session import PROJECT_ROOT, build_session
+
+
+class WorkerRss:
+    """Samples the peak resident memory (VmHWM) of Spark's Python worker processes while it runs."""
+
+    def __init__(self):
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmd = f.read()
+                    if b"pyspark.daemon" not in cmd and b"pyspark.worker" not in cmd:
+                        continue
+                    with open(f"/proc/{pid}/status") as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                except OSError:
+                    continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_large(source_files, target: str, megapixels: float, count: int) -> list:
+    """Upscale the first ``count`` photos to about ``megapixels`` Mpx each (JPEG quality 90)."""
+    os.makedirs(os.path.join(target, "large"), exist_ok=True)
+    paths = []
+    for i, path in enumerate(source_files[:count]):
+        img = Image.open(path).convert("RGB")
+        scale = (megapixels * 1e6 / (img.size[0] * img.size[1])) ** 0.5
+        big = img.resize((int(img.size[0] * scale), int(img.size[1] * scale)), Image.BICUBIC)
+        out = os.path.join(target, "large", f"large_{i:03d}.jpg")
+        big.save(out, quality=90)
+        paths.append(out)
+    return paths
+
+
+def loop_rate(paths, size: int, draft: bool) -> float:
+    datas = []
+    for p in paths:
+        with open(p, "rb") as f:
+            datas.append(f.read())
+    start = time.perf_counter()
+    for data in datas:
+        try:
+            imaging.process(data, size=size, draft=draft)
+        except imaging.ImageError:
+            pass
+    return len(datas) / (time.perf_counter() - start)
+
+
+def job_rate(spark, config, raw: str, backend: str, work: str) -> tuple:
+    cfg = dataclasses.replace(config, warehouse=os.path.join(work, "wh-" + os.path.basename(raw)),
+                              preprocess=dataclasses.replace(config.preprocess, backend=backend))
+    if not os.path.exists(cfg.warehouse):
+        run_ingest(spark, cfg, raw, "bench")
+    shutil.rmtree(cfg.table_path("processed"), ignore_errors=True)
+    with WorkerRss() as rss:
+        start = time.perf_counter()
+        counts = run_preprocess(spark, cfg, "bench")
+        seconds = time.perf_counter() - start
+    return counts.processed / seconds, rss.peak_kb / 1024, counts.processed
+
+
+def transform_rate(spark, config, raw: str, work: str) -> float:
+    """The preprocess pandas UDF alone (pil), into a no-op sink: the job without its Delta bookkeeping."""
+    images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
+    start = time.perf_counter()
+    images.select(process_column(F.col("content"), config.preprocess, config.ingest.max_pixels).alias("r")) \
+        .write.format("noop").mode("overwrite").save()
+    return images.count() / (time.perf_counter() - start)
+
+
+def naive_udf_rate(spark, config, raw: str, work: str) -> float:
+    images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
+    size, quality = config.preprocess.size, config.preprocess.quality
+
+    @F.udf(BinaryType())
+    def naive(content):
+        try:
+            return imaging.process(bytes(content), size=size, quality=quality)[0]
+        except imaging.ImageError:
+            return None
+
+    start = time.perf_counter()
+    n = images.select(naive("content").alias("image")).filter(F.col("image").isNotNull()).count()
+    return n / (time.perf_counter() - start)
+
+
+def args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=os.path.join(PROJECT_ROOT, "..", "shared", "datasets", "hymenoptera"))
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--large", type=int, default=48, help="how many large photos to make")
+    parser.add_argument("--photos", type=int, default=2000, help="hymenoptera copies (distinct bytes)")
+    return parser
+
+
+def _main(argv=None) -> int:
+    args = args_parser().parse_args(argv)
+    work = tempfile.mkdtemp(prefix="bench-pre-")
+    sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(args.source) for f in fs if f.endswith(".jpg"))
+    photos = os.path.join(work, "hymenoptera")
+    replicate_dataset(args.source, photos, args.photos)
+    large = os.path.join(work, "large8")
+    huge = os.path.join(work, "large24")
+    make_large(sources, large, 9, args.large)
+    make_large(sources, huge, 24, 8)
+    config = load_config(overrides=[f"preprocess.size={args.size}", "ingest.near_duplicates.enabled=false"])
+    config = dataclasses.replace(config, workdir=work)
+    spark = build_session("local[2]", "bench-preprocess")
+    spark.sparkContext.setLogLevel("ERROR")
+    tables = []
+    try:
+        for label, raw, files in ((f"hymenoptera ({args.photos}+ copies, ~500x375)", photos, None),
+                                  (f"large photos ({args.large} x 9 Mpx)", large, None),
+                                  ("huge photos (8 x 24 Mpx)", huge, None)):
+            files = files or sorted(os.path.join(d, f) for d, _, fs in os.walk(raw) for f in fs)
+            a = loop_rate(files, args.size, draft=True)
+            a_nodraft = loop_rate(files, args.size, draft=False)
+            b, b_rss, n = job_rate(spark, config, raw, "pil", work)
+            t = transform_rate(spark, config, raw, work)
+            c, c_rss, _ = job_rate(spark, config, raw, "dali-cpu", work)
+            d = naive_udf_rate(spark, config, raw, work)
+            tables.append((label, n, a, a_nodraft, b, t, b_rss, c, c_rss, d))
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\noutput {args.size}x{args.size} JPEG q{config.preprocess.quality}, {os.cpu_count()} cores; images/s\n")
+    print("| data | images | (a) PIL loop, 1 process | loop without draft | (b) job, pil, local[2] | (b) / 2x(a) "
+          "| (b) / loop without draft | pil UDF alone, local[2] | UDF / 2x(a) | (c) job, dali-cpu | (d) naive row UDF "
+          "| peak RSS per Python worker (pil / dali-cpu) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, n, a, a_nd, b, t, b_rss, c, c_rss, d in tables:
+        print(f"| {label} | {n} | {a:.0f} | {a_nd:.1f} | {b:.0f} | {b / (2 * a):.2f} | {b / a_nd:.1f}x | {t:.0f} "
+              f"| {t / (2 * a):.2f} | {c:.0f} | {d:.0f} | {b_rss:.0f} MB / {c_rss:.0f} MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
