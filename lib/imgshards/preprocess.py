@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -180,43 +181,51 @@ def run_preprocess(
         .persist(StorageLevel.DISK_ONLY)
     )
     try:
-        counts.already_processed = images.join(done, "sha256", "left_semi").count()
         now = F.current_timestamp()
         ok = results.filter(F.col("reason").isNull())
         failed = results.filter(F.col("reason").isNotNull())
-        counts.processed = ok.count()
-        counts.backends = {f"{r['backend']} on {r['device']}": r["count"]
-                           for r in ok.groupBy("backend", "device").count().collect()}
-        counts.task_gpus = {r["task_gpu"]: r["count"] for r in ok.filter(F.col("task_gpu").isNotNull())
-                            .groupBy("task_gpu").count().collect()}
+        # One aggregation gives every count: the results are read back from disk once, not once a count.
+        outcomes = results.groupBy("reason", "backend", "device", "task_gpu").count().collect()
+        backends, task_gpus, reasons = Counter(), Counter(), Counter()
+        for r in outcomes:
+            if r["reason"] is None:
+                backends[f"{r['backend']} on {r['device']}"] += r["count"]
+                if r["task_gpu"] is not None:
+                    task_gpus[r["task_gpu"]] += r["count"]
+            else:
+                reasons[r["reason"]] += r["count"]
+        counts.processed = sum(backends.values())
+        counts.backends, counts.task_gpus = dict(backends), dict(task_gpus)
+        counts.quarantine_reasons = dict(sorted(reasons.items()))
+        counts.quarantined = sum(reasons.values())
+        counts.already_processed = images.count() - counts.processed - counts.quarantined
         if config.preprocess.backend == "auto" and counts.task_gpus and not any("gpu:" in k for k in counts.backends):
             counts.gpu_fallback = ("auto: tasks were given GPUs " + ",".join(sorted(counts.task_gpus))
                                    + " but CUDA could not use them; ran dali-cpu")
             log.warning(counts.gpu_fallback)
-        reasons = {r["reason"]: r["count"] for r in failed.groupBy("reason").count().collect()}
-        counts.quarantine_reasons = dict(sorted(reasons.items()))
-        counts.quarantined = sum(reasons.values())
         metadata = {"job": "preprocess", "run_id": run_id, "config_fingerprint": fingerprint,
                     "source_version": version, "counts": {"processed": counts.processed, "quarantined": counts.quarantined}}
         with tables.commit_metadata(spark, metadata):
-            tables.upsert(
-                spark, processed_path, PROCESSED_SCHEMA,
-                ok.select(
-                    "sha256", "path", "label", "split", "image",
-                    F.lit(config.preprocess.output_format).alias("image_format"), "width", "height",
-                    F.lit(fingerprint).alias("config_fingerprint"), F.lit(version).cast("long").alias("source_version"),
-                    "backend", "device", "task_gpu", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
-                ),
-                ["sha256", "config_fingerprint"],
-            )
-            tables.upsert(
-                spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
-                failed.select(
-                    "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
-                    now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
-                ),
-                ["path", "stage"], update_when="NOT (t.reason <=> s.reason) OR NOT (t.sha256 <=> s.sha256)",
-            )
+            if counts.processed:
+                tables.upsert(
+                    spark, processed_path, PROCESSED_SCHEMA,
+                    ok.select(
+                        "sha256", "path", "label", "split", "image",
+                        F.lit(config.preprocess.output_format).alias("image_format"), "width", "height",
+                        F.lit(fingerprint).alias("config_fingerprint"), F.lit(version).cast("long").alias("source_version"),
+                        "backend", "device", "task_gpu", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
+                    ),
+                    ["sha256", "config_fingerprint"],
+                )
+            if counts.quarantined:
+                tables.upsert(
+                    spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
+                    failed.select(
+                        "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
+                        now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
+                    ),
+                    ["path", "stage"], update_when="NOT (t.reason <=> s.reason) OR NOT (t.sha256 <=> s.sha256)",
+                )
     finally:
         results.unpersist()
     log.info("preprocess: %s", counts)
