@@ -3,7 +3,7 @@
 #   ./spark-submit.sh [--profile NAME] <job> [job args]
 # Runs the project environment's spark-submit with the Delta jars and SQL extensions, the project's code
 # for the executors (--py-files), PYSPARK_PYTHON set to the environment's python, and the Spark settings
-# of conf/spark/<profile>.conf (default: local). Sets the environment up on first use (scripts/setup.sh).
+# of lib/imgshards/spark-defaults.conf and conf/spark/<profile>.conf (default: local). Sets the environment up on first use (scripts/setup.sh).
 # Extra spark-submit options go in SPARK_SUBMIT_OPTS_EXTRA, e.g. "--conf spark.executor.memory=8g".
 set -euo pipefail
 
@@ -42,9 +42,9 @@ code_zip="$dist/imgshards.zip"
 (cd "$root/lib" && find imgshards -name '*.py' -newer "$code_zip" 2>/dev/null | grep -q . || [[ ! -s "$code_zip" ]]) \
   && (cd "$root/lib" && rm -f "$code_zip" && "$venv/bin/python" -m zipfile -c "$code_zip" imgshards >/dev/null)
 
-# Profiles may name project files as @ROOT@/...
+# The shared defaults, then the profile (later keys win); profiles may name project files as @ROOT@/...
 properties="$dist/spark-$profile.conf"
-sed "s|@ROOT@|$root|g" "$profile_file" > "$properties"
+cat "$root/lib/imgshards/spark-defaults.conf" "$profile_file" | sed "s|@ROOT@|$root|g" > "$properties"
 
 jars="$(ls "$root"/.jars/*.jar | paste -sd, -)"
 export PYSPARK_PYTHON="$venv/bin/python"

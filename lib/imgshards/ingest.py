@@ -30,6 +30,8 @@ from imgshards.schemas import (
     DUPLICATES_TABLE,
     IMAGES_SCHEMA,
     IMAGES_TABLE,
+    QUARANTINE_CHANGED,
+    QUARANTINE_KEYS,
     QUARANTINE_SCHEMA,
     QUARANTINE_TABLE,
 )
@@ -466,8 +468,8 @@ def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, o
                 ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of",
             )
             tables.upsert(
-                spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine, ["path", "stage"],
-                update_when="NOT (t.reason <=> s.reason) OR NOT (t.sha256 <=> s.sha256)",
+                spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine, QUARANTINE_KEYS,
+                update_when=QUARANTINE_CHANGED,
             )
     finally:
         rest.unpersist()

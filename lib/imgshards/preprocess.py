@@ -20,6 +20,8 @@ from imgshards.schemas import (
     IMAGES_TABLE,
     PROCESSED_SCHEMA,
     PROCESSED_TABLE,
+    QUARANTINE_CHANGED,
+    QUARANTINE_KEYS,
     QUARANTINE_SCHEMA,
     QUARANTINE_TABLE,
 )
@@ -224,7 +226,7 @@ def run_preprocess(
                         "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
                         now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
                     ),
-                    ["path", "stage"], update_when="NOT (t.reason <=> s.reason) OR NOT (t.sha256 <=> s.sha256)",
+                    QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED,
                 )
     finally:
         results.unpersist()

@@ -55,6 +55,10 @@ QUARANTINE_SCHEMA = StructType(
     ]
 )
 
+# `quarantine` is keyed on (path, stage); a row is rewritten when its verdict or content changed.
+QUARANTINE_KEYS = ("path", "stage")
+QUARANTINE_CHANGED = "NOT (t.reason <=> s.reason) OR NOT (t.sha256 <=> s.sha256)"
+
 # Delta table `duplicates`: files whose content is already in `images` under another path.
 DUPLICATES_SCHEMA = StructType(
     [

@@ -21,8 +21,24 @@ def delta_jars(jars_dir: Optional[str] = None) -> list:
     return jars
 
 
+SPARK_DEFAULTS = os.path.join(os.path.dirname(__file__), "spark-defaults.conf")
+
+
+def spark_defaults() -> dict:
+    """The settings of spark-defaults.conf (the ones spark-submit.sh also applies), as a dict."""
+    settings = {}
+    with open(SPARK_DEFAULTS) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, value = line.split(None, 1)
+                settings[key] = value
+    return settings
+
+
 def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: Optional[dict] = None):
-    """A SparkSession on ``master`` with the Delta jars and extensions, bound to loopback."""
+    """A SparkSession on ``master`` with the Delta jars and extensions and the project's Spark defaults,
+    bound to loopback; ``conf`` overrides any of them."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -36,16 +52,9 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
-        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
-        # See conf/spark/local.conf: few, byte-sized partitions; each Python task has a fixed cost.
-        .config("spark.sql.files.maxPartitionBytes", "128m")
-        .config("spark.sql.files.openCostInBytes", "256k")
-        .config("spark.hadoop.parquet.enable.dictionary", "false")
-        .config("spark.sql.parquet.columnarReaderBatchSize", "64")
         .config("spark.driver.memory", "4g")
     )
-    for key, value in (conf or {}).items():
+    for key, value in {**spark_defaults(), **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
