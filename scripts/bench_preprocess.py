@@ -111,7 +111,7 @@ def transform_rate(spark, config, raw: str, work: str) -> float:
     """The preprocess pandas UDF alone (pil), into a no-op sink: the job without its Delta bookkeeping."""
     images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
     start = time.perf_counter()
-    images.select(process_column(F.col("content"), config.preprocess, config.ingest.max_pixels).alias("r")) \
+    images.select(process_column(F.col("content"), F.lit(None).cast("long"), config.preprocess, config.ingest.max_pixels).alias("r")) \
         .write.format("noop").mode("overwrite").save()
     return images.count() / (time.perf_counter() - start)
 

@@ -12,9 +12,11 @@ from PIL import Image
 
 from conftest import shared_dataset
 from imgshards.config import load_config
-from imgshards.preprocess import Placement, place, process_series
+from imgshards.dali_backend import cuda_usable
+from imgshards.transform import Placement, place, process_series
 
 pytest.importorskip("nvidia.dali")
+needs_gpu = pytest.mark.skipif(not cuda_usable(0), reason="no CUDA device (run on a GPU machine: README, GPUs)")
 
 # Mean absolute difference allowed between backends, in 8-bit levels, on PNG output: the two resize
 # kernels (Pillow's cubic with reducing_gap vs DALI's antialiased cubic) differ slightly.
@@ -32,22 +34,59 @@ def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
     return out.getvalue()
 
 
-def run(contents, backend: str, size: int = 48):
-    settings = dataclasses.replace(load_config().preprocess, size=size, output_format="png", draft=False)
-    return process_series(pd.Series(contents), settings, 89_478_485, Placement(backend, None, None))
+def run(contents, backend: str, size: int = 48, seeds=None, **settings):
+    settings = dataclasses.replace(load_config().preprocess, size=size, output_format="png", draft=False, **settings)
+    settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, copies=1))
+    placement = Placement("dali-gpu", 0, "0") if backend == "dali-gpu" else Placement(backend, None, None)
+    seeds = None if seeds is None else pd.Series(seeds, dtype="float64")
+    return process_series(pd.Series(contents), seeds, settings, 89_478_485, placement)
 
 
-def test_pil_and_dali_cpu_agree_within_tolerance():
+def pixels(image: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), np.float32)
+
+
+def parity_inputs() -> list:
     inputs = [encoded(photo(i, (160 + 17 * i, 120 + 9 * i)), "JPEG", quality=95) for i in range(6)]
-    inputs += [encoded(photo(10, (90, 200)), "PNG"), encoded(photo(11, (300, 100)).convert("L"), "PNG")]
-    pil, dali = run(inputs, "pil"), run(inputs, "dali-cpu")
+    return inputs + [encoded(photo(10, (90, 200)), "PNG"), encoded(photo(11, (300, 100)).convert("L"), "PNG")]
+
+
+@pytest.mark.parametrize("resize", ["crop", "letterbox", "exact"])
+def test_pil_and_dali_cpu_agree_within_tolerance(resize):
+    inputs = parity_inputs()
+    pil, dali = run(inputs, "pil", resize=resize, pad_value=40), run(inputs, "dali-cpu", resize=resize, pad_value=40)
     assert list(dali["backend"]) == ["dali-cpu"] * len(inputs)
     assert list(pil["backend"]) == ["pil"] * len(inputs)
     for a, b in zip(pil["image"], dali["image"]):
-        x = np.asarray(Image.open(io.BytesIO(a)).convert("RGB"), np.float32)
-        y = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"), np.float32)
+        x, y = pixels(a), pixels(b)
         assert x.shape == y.shape == (48, 48, 3)
         assert np.abs(x - y).mean() < PARITY_MEAN_TOLERANCE
+
+
+@needs_gpu
+@pytest.mark.parametrize("resize", ["crop", "letterbox", "exact"])
+def test_dali_gpu_agrees_with_pil(resize):
+    inputs = parity_inputs()
+    pil, gpu = run(inputs, "pil", resize=resize), run(inputs, "dali-gpu", resize=resize)
+    assert list(gpu["backend"]) == ["dali-gpu"] * len(inputs) and set(gpu["device"]) == {"gpu:0"}
+    for a, b in zip(pil["image"], gpu["image"]):
+        assert np.abs(pixels(a) - pixels(b)).mean() < PARITY_MEAN_TOLERANCE
+
+
+@needs_gpu
+def test_gpu_augmentation_is_repeatable_and_close_to_the_cpu_copies():
+    inputs = parity_inputs()
+    seeds = [100 + i for i in range(len(inputs))]
+    gpu, again, cpu = (run(inputs, backend, seeds=seeds) for backend in ("dali-gpu", "dali-gpu", "dali-cpu"))
+    assert set(gpu["backend"]) == {"dali-gpu"} and set(cpu["backend"]) == {"dali-cpu"}
+    assert list(gpu["image"]) == list(again["image"])
+    for a, b in zip(gpu["image"], cpu["image"]):
+        assert np.abs(pixels(a) - pixels(b)).mean() < PARITY_MEAN_TOLERANCE
+
+
+@needs_gpu
+def test_auto_places_on_the_gpu_when_cuda_has_it():
+    assert place("auto", "0", cuda_usable) == Placement("dali-gpu", 0, "0")
 
 
 def test_dali_hands_modes_and_orientation_to_pillow():

@@ -143,6 +143,43 @@ def test_draft_mode_matches_full_decode_closely():
     assert np.abs(decode(fast) - decode(full)).mean() < 3
 
 
+def test_letterbox_keeps_the_whole_image_and_pads_evenly():
+    out, w, h = imaging.process(encode(quadrants(100, 50), "PNG"), size=40, output_format="png", resize="letterbox",
+                                pad_value=7)
+    got = decode(out)
+    assert (w, h) == (40, 40) and got.shape == (40, 40, 3)
+    assert (got[:10] == 7).all() and (got[30:] == 7).all()  # 100x50 -> 40x20 at rows 10..29
+    assert corner_colors(got[10:30]) == [RED, GREEN, BLUE, WHITE]  # all four quadrants are kept
+
+
+def test_exact_resize_squeezes_without_cropping():
+    got = decode(imaging.process(encode(quadrants(120, 40), "PNG"), size=32, output_format="png", resize="exact")[0])
+    assert got.shape == (32, 32, 3)
+    assert corner_colors(got) == [RED, GREEN, BLUE, WHITE]
+    cropped = decode(imaging.process(encode(quadrants(120, 40), "PNG"), size=32, output_format="png")[0])
+    assert not (cropped == got).all()
+
+
+@pytest.mark.parametrize("mode", imaging.RESIZE_MODES)
+def test_draft_mode_follows_every_resize_mode(mode):
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(np.clip(rng.normal(128, 30, (30, 50, 3)), 0, 255).astype(np.uint8)).resize((2000, 1200))
+    data = encode(big, "JPEG", quality=95)
+    fast = decode(imaging.process(data, size=64, output_format="png", resize=mode, draft=True)[0])
+    full = decode(imaging.process(data, size=64, output_format="png", resize=mode, draft=False)[0])
+    assert fast.shape == full.shape == (64, 64, 3)
+    assert np.abs(fast - full).mean() < 3
+
+
+def test_raw_output_is_the_uint8_array():
+    data = encode(quadrants(64, 48), "PNG")
+    raw, _, _ = imaging.process(data, size=24, output_format="raw")
+    array = imaging.decode_rgb(raw)
+    assert array.dtype == np.uint8 and array.shape == (24, 24, 3)
+    png, _, _ = imaging.process(data, size=24, output_format="png")
+    assert (array == imaging.decode_rgb(png)).all()  # lossless either way: the same pixels
+
+
 def test_jpeg_quality_setting_changes_size():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     data = encode(img, "PNG")

@@ -159,7 +159,8 @@ def test_other_readers_read_the_shards(export):
     url = manifest["splits"]["val"]["url"]
     frame = pq.read_table(url[len("file://"):]).to_pandas()
     assert len(frame) == manifest["splits"]["val"]["rows"]
-    assert set(frame.columns) == {"image", "label", "label_name", "sha256"}
+    assert set(frame.columns) == {"image", "label", "label_name", "sample_id", "sha256", "copy", "augment_seed"}
+    assert (frame["sample_id"] == frame["sha256"]).all() and (frame["copy"] == 0).all()  # no augmentation here
     rows = 0
     with make_batch_reader(url, num_epochs=1, schema_fields=["label", "sha256"]) as reader:
         for batch in reader:

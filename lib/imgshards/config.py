@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from imgshards.imaging import OUTPUT_FORMATS
+from imgshards.imaging import OUTPUT_FORMATS, RESIZE_MODES
 
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "pipeline.yaml")
 
@@ -137,27 +137,84 @@ class IngestConfig:
 
 
 BACKENDS = ("pil", "dali-cpu", "dali-gpu", "auto")
+AUGMENT_OPS = ("random_resized_crop", "flip", "rotate", "color", "blur")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _check_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{key} must be in {low:g}..{high:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Offline augmentation: extra copies of images, made by DALI with per-copy random parameters drawn
+    from a seed that depends only on (seed, parent sha256, copy number)."""
+
+    copies: int = 0
+    balance_classes: bool = False
+    seed: int = 0
+    splits: tuple = ("train",)
+    ops: tuple = AUGMENT_OPS
+    crop_scale_min: float = 0.35
+    crop_ratio_max: float = 4.0 / 3.0
+    flip_probability: float = 0.5
+    rotate_degrees: float = 15.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue_degrees: float = 10.0
+    blur_probability: float = 0.3
+    blur_sigma_max: float = 1.5
+
+    @property
+    def enabled(self) -> bool:
+        return self.copies > 0 or self.balance_classes
+
+    def validate(self) -> None:
+        _check_range("preprocess.augment.copies", self.copies, 0, 100)
+        for op in self.ops:
+            if op not in AUGMENT_OPS:
+                raise ConfigError(f"preprocess.augment.ops: unknown op {op!r}; known: {list(AUGMENT_OPS)}")
+        for split in self.splits:
+            if split not in SPLIT_NAMES:
+                raise ConfigError(f"preprocess.augment.splits: unknown split {split!r}; known: {list(SPLIT_NAMES)}")
+        _check_range("preprocess.augment.crop_scale_min", self.crop_scale_min, 0.01, 1.0)
+        _check_range("preprocess.augment.crop_ratio_max", self.crop_ratio_max, 1.0, 10.0)
+        _check_range("preprocess.augment.rotate_degrees", self.rotate_degrees, 0.0, 180.0)
+        _check_range("preprocess.augment.hue_degrees", self.hue_degrees, 0.0, 180.0)
+        _check_range("preprocess.augment.blur_sigma_max", self.blur_sigma_max, 0.0, 10.0)
+        for name in ("flip_probability", "blur_probability", "brightness", "contrast", "saturation"):
+            _check_range(f"preprocess.augment.{name}", getattr(self, name), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     size: int = 224
+    resize: str = "crop"
+    pad_value: int = 0
     output_format: str = "jpeg"
     quality: int = 90
     draft: bool = True
     backend: str = "pil"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"preprocess.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.backend != "pil" and importlib.util.find_spec("nvidia.dali") is None:
-            raise ConfigError(f"preprocess.backend={self.backend} needs NVIDIA DALI: pip install 'imgshards[gpu]'")
+        if (self.backend != "pil" or self.augment.enabled) and importlib.util.find_spec("nvidia.dali") is None:
+            what = f"preprocess.backend={self.backend}" if self.backend != "pil" else "preprocess.augment"
+            raise ConfigError(f"{what} needs NVIDIA DALI: pip install 'imgshards[gpu]'")
         if not 8 <= self.size <= 4096:
             raise ConfigError(f"preprocess.size must be in 8..4096, got {self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"preprocess.resize must be one of {list(RESIZE_MODES)}, got {self.resize!r}")
+        _check_range("preprocess.pad_value", self.pad_value, 0, 255)
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"preprocess.output_format must be one of {list(OUTPUT_FORMATS)}, got {self.output_format!r}")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"preprocess.quality must be in 1..100, got {self.quality!r}")
+        self.augment.validate()
 
 
 EXPORT_CODECS = ("compressed", "ndarray")
@@ -199,6 +256,9 @@ class PipelineConfig:
         self.ingest.validate()
         self.preprocess.validate()
         self.export.validate()
+        if self.preprocess.output_format == "raw" and self.export.codec != "ndarray":
+            raise ConfigError("preprocess.output_format=raw needs export.codec=ndarray (raw arrays are not "
+                              "JPEG/PNG), got export.codec=" + repr(self.export.codec))
 
     def table_path(self, table: str) -> str:
         return join_path(self.warehouse, table)
@@ -207,22 +267,25 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def output_fingerprint(self) -> str:
-        """What the processed rows depend on: the preprocess settings except the backend (backends agree
-        within a pixel tolerance; each row records which one made it)."""
-        data = {"preprocess": _without_backend(self.to_dict()["preprocess"])}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """What an unaugmented processed row depends on: the preprocess settings except the backend
+        (backends agree within a pixel tolerance; each row records which one made it) and augment."""
+        return _short_hash({k: v for k, v in self.to_dict()["preprocess"].items() if k not in ("backend", "augment")})
+
+    def augment_fingerprint(self) -> str:
+        """What an augmented copy depends on: the output settings and the augmentation settings."""
+        return _short_hash({k: v for k, v in self.to_dict()["preprocess"].items() if k != "backend"})
 
     def fingerprint(self, *sections: str) -> str:
         """A short, stable hash of the named sections (all of them when none are named)."""
         data = self.to_dict()
         if sections:
             data = {name: data[name] for name in sections}
-        canonical = json.dumps(data, sort_keys=True, default=list)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _short_hash(data)
 
 
-def _without_backend(data: dict) -> dict:
-    return {k: v for k, v in data.items() if k != "backend"}
+def _short_hash(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, default=list)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def join_path(base: str, *parts: str) -> str:

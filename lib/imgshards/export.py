@@ -11,7 +11,6 @@ Petastorm's CompressedImageCodec stores); ``ndarray`` stores decoded uint8 array
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 import imgshards
-from imgshards import storage, tables
+from imgshards import imaging, storage, tables
 from imgshards.config import PipelineConfig, join_path
 from imgshards.preprocess import select_current
 from imgshards.schemas import IMAGES_TABLE, PROCESSED_TABLE, SPLITS, export_unischema
@@ -53,25 +52,16 @@ def dataset_url(path: str) -> str:
 
 def _decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body for the ndarray codec: JPEG/PNG bytes -> np.save bytes of the RGB uint8 array."""
-    from PIL import Image
-
     for batch in batches:
-        out = []
-        for data in batch["image"]:
-            buffer = io.BytesIO()
-            np.save(buffer, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8))
-            out.append(buffer.getvalue())
-        yield batch.assign(image=out)
+        yield batch.assign(image=[imaging.encode(imaging.decode_rgb(data), "raw", 0) for data in batch["image"]])
 
 
 def _channel_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body: per-channel sum and sum of squares of pixel values in [0, 1], and pixel count."""
-    from PIL import Image
-
     sums, squares, pixels = np.zeros(3), np.zeros(3), 0
     for batch in batches:
         for data in batch["image"]:
-            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
+            arr = imaging.decode_rgb(data).reshape(-1, 3).astype(np.float64) / 255.0
             sums += arr.sum(axis=0)
             squares += (arr * arr).sum(axis=0)
             pixels += arr.shape[0]
@@ -138,7 +128,7 @@ def run_export(
     images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
     fingerprint = config.output_fingerprint()
-    samples = select_current(processed, images, fingerprint)
+    samples = select_current(processed, images, config)
 
     classes = sorted(r[0] for r in samples.select("label").distinct().collect() if r[0] is not None)
     if classes:
@@ -146,14 +136,19 @@ def run_export(
         index_column = F.coalesce(label_index[F.col("label")], F.lit(UNLABELED_INDEX))
     else:
         index_column = F.lit(UNLABELED_INDEX)
+    sample_id = F.when(F.col("copy") == 0, F.col("sha256")).otherwise(F.concat_ws("-", "sha256", "copy"))
     samples = samples.select(
         "split", "image", index_column.cast("int").alias("label"),
-        F.coalesce(F.col("label"), F.lit("")).alias("label_name"), "sha256",
+        F.coalesce(F.col("label"), F.lit("")).alias("label_name"), sample_id.alias("sample_id"), "sha256",
+        "copy", "augment_seed",
     ).persist()
     try:
         counts: dict = {split: {} for split in SPLITS}
-        for row in samples.groupBy("split", "label_name").count().collect():
-            counts[row["split"]][row["label_name"]] = row["count"]
+        augmented: dict = {split: 0 for split in SPLITS}
+        for row in samples.groupBy("split", "label_name", (F.col("copy") > 0).alias("augmented")).count().collect():
+            per_class = counts[row["split"]]
+            per_class[row["label_name"]] = per_class.get(row["label_name"], 0) + row["count"]
+            augmented[row["split"]] += row["count"] if row["augmented"] else 0
         stats = normalization_stats(samples.filter(F.col("split") == "train"))
 
         export = config.export
@@ -165,7 +160,7 @@ def run_export(
         for split in SPLITS:
             url = dataset_url(join_path(version_dir, split))
             rows = samples.filter(F.col("split") == split).select(*schema.fields.keys())
-            if export.codec == "ndarray":
+            if export.codec == "ndarray" and config.preprocess.output_format != "raw":
                 rows = rows.mapInPandas(_decode_to_npy, rows.schema)
             # Shuffled before writing, so every row group mixes classes.
             rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
@@ -173,7 +168,7 @@ def run_export(
                 rows.write.mode("overwrite").parquet(url)
             groups = row_groups(url)
             splits[split] = {"url": url, "rows": sum(counts[split].values()), "per_class": counts[split],
-                             "row_groups": groups}
+                             "augmented": augmented[split], "row_groups": groups}
             if sum(g["rows"] for g in groups) != splits[split]["rows"]:
                 raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
                                    f"expected {splits[split]['rows']}")
@@ -189,6 +184,7 @@ def run_export(
         "source": {"table": config.table_path(IMAGES_TABLE), "version": version},
         "processed_table": config.table_path(PROCESSED_TABLE),
         "config_fingerprint": fingerprint,
+        "augment_fingerprint": config.augment_fingerprint() if config.preprocess.augment.enabled else None,
         "config": config.to_dict(),
         "image": {"height": config.preprocess.size, "width": config.preprocess.size, "channels": 3,
                   "format": config.preprocess.output_format, "codec": export.codec},

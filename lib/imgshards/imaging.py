@@ -28,8 +28,12 @@ QUARANTINE_REASONS = {
 }
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "PPM", "TGA"})
-RESIZE_MODES = ("shorter_side_crop",)
-OUTPUT_FORMATS = ("jpeg", "png")
+# crop: shorter side to size, then center crop; letterbox: longer side to size, padded to a square;
+# exact: the whole image to size x size (aspect ratio not kept).
+RESIZE_MODES = ("crop", "letterbox", "exact")
+# raw: the H x W x 3 uint8 array in NumPy's .npy format (what Petastorm's NdarrayCodec stores).
+OUTPUT_FORMATS = ("jpeg", "png", "raw")
+NPY_MAGIC = b"\x93NUMPY"
 
 # Background that transparent pixels are composited onto before RGB conversion.
 _BACKGROUND = (255, 255, 255)
@@ -153,12 +157,84 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How a width x height image becomes size x size: the source ``box`` (left, top, right, bottom; sub-pixel)
+    is resized to ``resized`` (width, height) and placed at ``offset`` (x, y) on a size x size canvas."""
+
+    box: tuple
+    resized: tuple
+    offset: tuple = (0, 0)
+
+    def relative_box(self, width: int, height: int) -> tuple:
+        left, top, right, bottom = self.box
+        return (left / width, top / height, right / width, bottom / height)
+
+
+def geometry(width: int, height: int, size: int, mode: str = "crop") -> Geometry:
+    if mode == "crop":
+        side = min(width, height)
+        left, top = (width - side) / 2.0, (height - side) / 2.0
+        return Geometry((left, top, left + side, top + side), (size, size))
+    if mode == "exact":
+        return Geometry((0.0, 0.0, float(width), float(height)), (size, size))
+    if mode == "letterbox":
+        scale = size / max(width, height)
+        w, h = max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
+        return Geometry((0.0, 0.0, float(width), float(height)), (w, h), ((size - w) // 2, (size - h) // 2))
+    raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+
+
 def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
     """Source-space box that, resized to size x size, is 'shorter side to size, then center crop'."""
-    side = min(width, height)
-    left = (width - side) / 2.0
-    top = (height - side) / 2.0
-    return (left, top, left + side, top + side)
+    return geometry(width, height, size, "crop").box
+
+
+def _oriented_size(img: Image.Image) -> tuple:
+    """The image's size after EXIF orientation (orientations 5-8 swap width and height)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - exif_transpose will not rotate what it cannot read either
+        orientation = 1
+    return img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+
+
+def decode_oriented_rgb(img: Image.Image, draft_to: Optional[tuple] = None) -> Image.Image:
+    """Load an opened image, apply its EXIF orientation and convert to RGB. ``draft_to`` (oriented width,
+    height) lets a JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT while staying at least that large."""
+    if draft_to and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
+        w, h = _oriented_size(img)
+        if max(draft_to[0] / w, draft_to[1] / h) < 0.5:
+            need = (math.ceil(draft_to[0]), math.ceil(draft_to[1]))
+            img.draft(img.mode, need if img.size == (w, h) else need[::-1])
+    img.load()
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Bytes -> the full-size, oriented RGB image. Raises :class:`ImageError`."""
+    img = _open(data, max_pixels)
+    try:
+        return decode_oriented_rgb(img)
+    except Exception as e:  # noqa: BLE001 - see _decode_error
+        raise _decode_error(e) from e
+
+
+def resize_to(img: Image.Image, size: int, mode: str = "crop", pad_value: int = 0,
+              full_size: Optional[tuple] = None) -> Image.Image:
+    """Resize an RGB image to size x size by ``mode``. ``full_size``: the size the geometry is computed
+    on when ``img`` was decoded smaller (draft mode), so the result does not depend on the draft scale."""
+    width, height = full_size or img.size
+    geo = geometry(width, height, size, mode)
+    sx, sy = img.size[0] / width, img.size[1] / height
+    left, top, right, bottom = geo.box
+    resized = img.resize(geo.resized, Image.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy),
+                         reducing_gap=3.0)
+    if geo.resized == (size, size):
+        return resized
+    canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
+    canvas.paste(resized, geo.offset)
+    return canvas
 
 
 def process(
@@ -169,9 +245,11 @@ def process(
     quality: int = 90,
     max_pixels: int = 89_478_485,
     draft: bool = True,
+    resize: str = "crop",
+    pad_value: int = 0,
 ) -> tuple[bytes, int, int]:
-    """Decode, apply EXIF orientation, convert to RGB, resize the shorter side to ``size`` and
-    center-crop to ``size`` x ``size``, then encode as JPEG (``quality``) or PNG.
+    """Decode, apply EXIF orientation, convert to RGB, resize to ``size`` x ``size`` by ``resize``
+    (see :data:`RESIZE_MODES`), then encode as JPEG (``quality``), PNG or a raw .npy array.
 
     Returns ``(encoded_bytes, width, height)``. Raises :class:`ImageError` for any bad input.
     ``draft`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT when the output is that much smaller.
@@ -180,23 +258,23 @@ def process(
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     img = _open(data, max_pixels)
     try:
-        if draft and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
-            w, h = img.size
-            scale = size / min(w, h)
-            if scale < 0.5:
-                img.draft(img.mode, (math.ceil(w * scale), math.ceil(h * scale)))
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        img = to_rgb(img)
-        box = center_crop_box(img.size[0], img.size[1], size)
-        img = img.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
+        full_size = _oriented_size(img)
+        geo = geometry(full_size[0], full_size[1], size, resize)
+        box_w, box_h = geo.box[2] - geo.box[0], geo.box[3] - geo.box[1]
+        draft_to = (full_size[0] * geo.resized[0] / box_w, full_size[1] * geo.resized[1] / box_h) if draft else None
+        img = decode_oriented_rgb(img, draft_to)
+        img = resize_to(img, size, resize, pad_value, full_size)
         return encode(img, output_format, quality), size, size
     except Exception as e:  # noqa: BLE001 - see _decode_error
         raise _decode_error(e) from e
 
 
 def encode(img, output_format: str, quality: int) -> bytes:
-    """An RGB PIL image or H x W x 3 uint8 array -> JPEG (``quality``) or PNG bytes."""
+    """An RGB PIL image or H x W x 3 uint8 array -> JPEG (``quality``), PNG or .npy bytes."""
+    if output_format == "raw":
+        out = io.BytesIO()
+        np.save(out, np.ascontiguousarray(np.asarray(img, dtype=np.uint8)), allow_pickle=False)
+        return out.getvalue()
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
     img.info = {}  # metadata of the source (a tRNS chunk, ICC, EXIF) does not describe the output
@@ -206,6 +284,13 @@ def encode(img, output_format: str, quality: int) -> bytes:
     else:
         img.save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Processed image bytes (JPEG, PNG or .npy) -> H x W x 3 uint8 array."""
+    if data[:6] == NPY_MAGIC:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def plain_rgb_jpeg_or_png(data: bytes, max_pixels: int) -> Optional[tuple]:

@@ -8,7 +8,7 @@
             images, labels = batch["image"], batch["label"]   # float32 N x 3 x H x W, int64 N
 
 The plan for an epoch comes from the export's manifest (row groups and their row counts) and the
-sha256 column: row groups are permuted with (seed, epoch), the samples concatenated, and rank r takes
+sample_id column (unique per sample: an image's sha256, or ``<sha256>-<copy>`` for an augmented copy): row groups are permuted with (seed, epoch), the samples concatenated, and rank r takes
 the r-th of ``shard_count`` equal slices, so the shards cover the split exactly once (``remainder="drop"``
 leaves out fewer than ``shard_count`` samples; ``"pad"`` repeats as many from the start) and every rank
 yields the same number of batches. Within a rank, samples are shuffled in windows of ``shuffle_buffer``.
@@ -18,7 +18,7 @@ Two backends yield the same samples per rank and epoch:
 - ``"arrow"``: plain pyarrow + Pillow + numpy (+ torch to collate). It never imports Petastorm or Spark,
   so it runs in a modern training environment (numpy 2, current pyarrow).
 - ``"petastorm"``: Petastorm's ``make_reader`` restricted to the rank's samples (an ``in_set`` predicate
-  on sha256), for code that wants Petastorm's reader pool. Order within the rank follows Petastorm's.
+  on sample_id), for code that wants Petastorm's reader pool. Order within the rank follows Petastorm's.
 
 Both are resumable: ``state_dict()`` / ``load_state_dict()`` continue mid-epoch without repeating or
 skipping a sample.
@@ -40,6 +40,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKENDS = ("arrow", "petastorm")
 REMAINDER_POLICIES = ("drop", "pad")
 MANIFEST_FILE = "manifest.json"
+ID = "sample_id"  # unique within a split
+FIELDS = ("image", "label", "label_name", ID, "sha256")  # what a batch carries
 
 
 def normalize_chw(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
@@ -72,7 +74,7 @@ def read_manifest(url: str) -> dict:
 def decode_image(value: bytes, codec: str) -> np.ndarray:
     """Stored image bytes -> H x W x 3 uint8 RGB (JPEG/PNG via Pillow, or an np.save'd array)."""
     if codec == "ndarray":
-        return np.load(io.BytesIO(value))
+        return np.load(io.BytesIO(value), allow_pickle=False)
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(value)).convert("RGB"))
@@ -124,8 +126,8 @@ class ShardedImageLoader:
         self.shuffle_buffer = shuffle_buffer
         self.collate = collate
         self.position = 0  # samples of the current epoch already yielded on this rank
-        self._yielded: list = []  # petastorm backend: sha256s yielded this epoch (its order is not ours)
-        self._shas: Optional[list] = None
+        self._yielded: list = []  # petastorm backend: sample ids yielded this epoch (its order is not ours)
+        self._ids: Optional[list] = None
 
     # -- planning ------------------------------------------------------------------------------------
 
@@ -147,33 +149,33 @@ class ShardedImageLoader:
         self.position = 0
         self._yielded = []
 
-    def _row_group_shas(self) -> list:
-        """sha256 of every row, per row group in manifest order (read once; the column is small)."""
-        if self._shas is None:
+    def _row_group_ids(self) -> list:
+        """sample_id of every row, per row group in manifest order (read once; the column is small)."""
+        if self._ids is None:
             import pyarrow.parquet as pq
 
             fs, root = _filesystem(self.url)
             by_file: dict = {}
             for group in self.split_info["row_groups"]:
                 by_file.setdefault(group["file"], []).append(group["index"])
-            shas = {}
+            ids = {}
             for name, indexes in by_file.items():
                 with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
                     parquet = pq.ParquetFile(f)
                     for index in indexes:
-                        shas[(name, index)] = parquet.read_row_group(index, columns=["sha256"]).column(0).to_pylist()
-            self._shas = [shas[(g["file"], g["index"])] for g in self.split_info["row_groups"]]
-        return self._shas
+                        ids[(name, index)] = parquet.read_row_group(index, columns=[ID]).column(0).to_pylist()
+            self._ids = [ids[(g["file"], g["index"])] for g in self.split_info["row_groups"]]
+        return self._ids
 
     def plan(self) -> list:
-        """This rank's samples for the current epoch, in order: [(row group number, row, sha256)]."""
+        """This rank's samples for the current epoch, in order: [(row group number, row, sample_id)]."""
         groups = self.split_info["row_groups"]
         order = list(range(len(groups)))
         rng = np.random.default_rng([self.seed, self.epoch])
         if self.shuffle:
             rng.shuffle(order)
-        shas = self._row_group_shas()
-        everything = [(g, row, shas[g][row]) for g in order for row in range(groups[g]["rows"])]
+        ids = self._row_group_ids()
+        everything = [(g, row, ids[g][row]) for g in order for row in range(groups[g]["rows"])]
         per_shard = self.samples_per_shard
         if self.remainder == "pad" and everything:
             everything += everything[: per_shard * self.shard_count - len(everything)]
@@ -229,13 +231,13 @@ class ShardedImageLoader:
         else:
             images = np.stack([self.transform(first if i == 0 else self._pixels(s["image"])) for i, s in enumerate(batch)])
         return {"image": images, "label": np.asarray([s["label"] for s in batch], dtype=np.int64),
-                "label_name": [s["label_name"] for s in batch], "sha256": [s["sha256"] for s in batch]}
+                **{name: [s[name] for s in batch] for name in ("label_name", ID, "sha256")}}
 
     def _finish(self, out: dict):
         """Runs on the consumer's thread, in order: the state advances with what was handed over."""
-        self.position += len(out["sha256"])
+        self.position += len(out[ID])
         if self.backend == "petastorm":
-            self._yielded.extend(out["sha256"])
+            self._yielded.extend(out[ID])
         if self.collate:
             import torch
 
@@ -249,39 +251,37 @@ class ShardedImageLoader:
         fs, root = _filesystem(self.url)
         groups = self.split_info["row_groups"]
         cache: dict = {}
-        for g, row, sha in self.plan()[self.position :]:
+        for g, row, sample_id in self.plan()[self.position :]:
             if g not in cache:
                 if len(cache) >= 2:  # the shuffle window spans at most a few row groups
                     cache.pop(next(iter(cache)))
                 with fs.open_input_file(f"{root.rstrip('/')}/{groups[g]['file']}") as f:
                     table = pq.ParquetFile(f).read_row_group(
-                        groups[g]["index"], columns=["image", "label", "label_name", "sha256"])
+                        groups[g]["index"], columns=list(FIELDS))
                 cache[g] = table.to_pydict()
             columns = cache[g]
-            if columns["sha256"][row] != sha:
+            if columns[ID][row] != sample_id:
                 raise RuntimeError(f"{self.url} changed while being read (row group {g}, row {row})")
-            yield {name: columns[name][row] for name in ("image", "label", "label_name", "sha256")}
+            yield {name: columns[name][row] for name in FIELDS}
 
     def _petastorm_samples(self) -> Iterator[dict]:
         from petastorm import make_reader
         from petastorm.predicates import in_set
 
-        mine = [sha for _, _, sha in self.plan()]
-        remaining = list(mine)
-        for sha in self._yielded:  # resume: what was yielded is not yielded again (padding repeats once each)
-            remaining.remove(sha)
+        remaining = [sample_id for _, _, sample_id in self.plan()]
+        for sample_id in self._yielded:  # resume: what was yielded is not yielded again (padding repeats once each)
+            remaining.remove(sample_id)
         if not remaining:
             return
-        wanted = set(remaining)
         counts: dict = {}
-        for sha in remaining:
-            counts[sha] = counts.get(sha, 0) + 1
-        with make_reader(self.url, num_epochs=1, predicate=in_set(wanted, "sha256"), shuffle_row_groups=self.shuffle,
+        for sample_id in remaining:
+            counts[sample_id] = counts.get(sample_id, 0) + 1
+        with make_reader(self.url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
                          seed=self.seed + self.epoch, workers_count=max(self.workers, 1), reader_pool_type="thread",
-                         schema_fields=["image", "label", "label_name", "sha256"]) as reader:
+                         schema_fields=list(FIELDS)) as reader:
             for row in reader:
-                for _ in range(counts.pop(row.sha256, 0)):
-                    yield {"image": row.image, "label": int(row.label), "label_name": row.label_name, "sha256": row.sha256}
+                for _ in range(counts.pop(getattr(row, ID), 0)):
+                    yield {name: getattr(row, name) for name in FIELDS}
 
     def _pixels(self, image) -> np.ndarray:
         """Petastorm's reader hands decoded arrays; the arrow backend hands the stored bytes."""

@@ -70,10 +70,13 @@ DUPLICATES_SCHEMA = StructType(
     ]
 )
 
-# Delta table `processed`: one row per output sample and preprocess config.
+# Delta table `processed`: one row per output sample and preprocess config. A sample is an image
+# (copy 0) or one of its augmented copies (copy 1..n, with the seed its random parameters came from).
 PROCESSED_SCHEMA = StructType(
     [
         StructField("sha256", StringType(), False),
+        StructField("copy", IntegerType(), False),
+        StructField("augment_seed", LongType(), True),
         StructField("path", StringType(), False),
         StructField("label", StringType(), True),
         StructField("split", StringType(), False),
@@ -90,11 +93,14 @@ PROCESSED_SCHEMA = StructType(
         StructField("run_id", StringType(), False),
     ]
 )
+SAMPLE_KEY = ("sha256", "copy", "config_fingerprint")
 
 
 def export_unischema(size: int, image_format: str, codec: str = "compressed"):
     """The Petastorm schema of an exported split: image (size x size x 3 uint8, stored JPEG/PNG-compressed
-    or as a raw ndarray), label index, label name and the source sha256."""
+    or as a raw ndarray), label index and name, the sample's id (unique in the split: the source sha256,
+    or ``<sha256>-<copy>`` for an augmented copy), the source image's sha256, the copy number (0: the
+    image itself) and the augmentation seed (null for copy 0)."""
     from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
     from petastorm.unischema import Unischema, UnischemaField
 
@@ -105,6 +111,9 @@ def export_unischema(size: int, image_format: str, codec: str = "compressed"):
             UnischemaField("image", np.uint8, (size, size, 3), image_codec, False),
             UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
             UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("sample_id", np.str_, (), ScalarCodec(StringType()), False),
             UnischemaField("sha256", np.str_, (), ScalarCodec(StringType()), False),
+            UnischemaField("copy", np.int32, (), ScalarCodec(IntegerType()), False),
+            UnischemaField("augment_seed", np.int64, (), ScalarCodec(LongType()), True),
         ],
     )
