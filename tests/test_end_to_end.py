@@ -167,3 +167,12 @@ def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
     pre = run_preprocess(spark, config, "run-2")
     assert pre.processed == 0 and pre.already_processed == manifest.images
     assert spark.read.format("delta").load(config.table_path("processed")).count() == manifest.images
+
+
+def test_batches_are_bounded_by_bytes_and_pixels():
+    from imgshards.preprocess import BATCH_BYTES, BATCH_PIXELS, batch_records
+
+    assert batch_records(150_000, 500 * 375) == 64  # small photos: the row cap
+    assert batch_records(8_000_000, 24_000_000) == BATCH_PIXELS // 24_000_000 == 5  # 24 Mpx: decoded size rules
+    assert batch_records(BATCH_BYTES // 3, 1000) == 3  # big files of few pixels: encoded size rules
+    assert batch_records(None, None) == 64 and batch_records(2**31, 10**9) == 1  # empty table; one huge image

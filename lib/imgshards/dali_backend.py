@@ -16,7 +16,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 64  # matches spark.sql.execution.arrow.maxRecordsPerBatch in conf/spark/*.conf
+MAX_BATCH = 64  # the most rows preprocess puts in an Arrow batch (spark-defaults.conf, preprocess.batch_records)
 # Bounds on what the nvJPEG decoder keeps around per pipeline (bytes).
 DEVICE_MEMORY_PADDING = 16 * 1024 * 1024
 HOST_MEMORY_PADDING = 8 * 1024 * 1024

@@ -62,8 +62,9 @@ def format_summary(summary: dict) -> str:
         f" (hidden {ingest['skipped_hidden']}, non-image {ingest['skipped_non_image']})",
         f"  quarantined  {reasons}",
         "preprocess",
-        f"  images v{pre['source_version']}    processed {pre['processed']} + already processed {pre['already_processed']}"
-        f" + quarantined {pre['quarantined']} ({pre_reasons})",
+        f"  images v{pre['source_version']}    processed {pre['processed']} (augmented copies {pre['augmented']})"
+        f" + already processed {pre['already_processed']} + quarantined {pre['quarantined']} ({pre_reasons})",
+        f"  backends     {', '.join(f'{k}={v}' for k, v in sorted((pre['backends'] or {}).items())) or '(none)'}",
         "export",
         f"  shards       {summary['output']}",
     ]

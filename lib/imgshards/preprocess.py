@@ -34,6 +34,9 @@ from imgshards.transform import RESULT_COLUMNS, place, process_series
 log = logging.getLogger(__name__)
 
 PREPROCESS_STAGE = "preprocess"
+SCAN_TASKS_PER_CORE = 4
+BATCH_BYTES = 64 * 1024 * 1024  # encoded bytes of one Arrow batch, at most
+BATCH_PIXELS = 128_000_000  # decoded pixels of one batch, at most (x3 bytes in RGB)
 
 _RESULT_TYPES = {"image": BinaryType(), "width": IntegerType(), "height": IntegerType()}
 _RESULT_TYPE = StructType([StructField(name, _RESULT_TYPES.get(name, StringType()), True) for name in RESULT_COLUMNS])
@@ -81,21 +84,28 @@ def process_column(content: Column, seed: Column, settings: PreprocessConfig, ma
 
 
 def samples_to_make(images: DataFrame, config: PipelineConfig) -> DataFrame:
-    """The samples the current images should have: every image once (copy 0) and, with augmentation,
-    its copies 1..n in the augmented splits, each with a seed from (augment.seed, sha256, copy) and the
-    fingerprint of the settings that make it. Columns: sha256, copy, augment_seed, config_fingerprint."""
-    originals = images.select(
-        "sha256", F.lit(0).alias("copy"), F.lit(None).cast("long").alias("augment_seed"),
-        F.lit(config.output_fingerprint()).alias("config_fingerprint"),
-    )
+    """The samples the current images should have: every image once (copy 0) and its augmented copies
+    (see augmented_copies). Columns: sha256, copy, augment_seed, config_fingerprint."""
+    samples = _as_original(images.select("sha256"), config)
+    copies = augmented_copies(images, config)
+    return samples if copies is None else samples.unionByName(copies)
+
+
+def _as_original(frame: DataFrame, config: PipelineConfig) -> DataFrame:
+    return frame.select("*", F.lit(0).alias("copy"), F.lit(None).cast("long").alias("augment_seed"),
+                        F.lit(config.output_fingerprint()).alias("config_fingerprint"))
+
+
+def augmented_copies(images: DataFrame, config: PipelineConfig) -> Optional[DataFrame]:
+    """The augmented copies 1..n of the images in ``augment.splits`` (None when augmentation is off): each
+    with a seed from (augment.seed, sha256, copy) and the fingerprint of the settings that make it.
+    Columns: sha256, copy, augment_seed, config_fingerprint."""
     augment = config.preprocess.augment
     if not augment.enabled:
-        return originals
-    eligible = images.filter(F.col("split").isin(list(augment.splits)))
+        return None
+    eligible = images.filter(F.col("split").isin(list(augment.splits))).select("sha256", "label")
     sizes = {r["label"]: r["count"] for r in eligible.groupBy("label").count().collect()}
     plan = copies_per_image(sizes, augment.copies, augment.balance_classes)
-    if not plan:
-        return originals
     # Within a class, images ordered by sha256 take the remainder's extra copies first.
     rank = F.row_number().over(Window.partitionBy("label").orderBy("sha256")) - 1
     each, remainder = F.lit(0), F.lit(0)
@@ -104,7 +114,7 @@ def samples_to_make(images: DataFrame, config: PipelineConfig) -> DataFrame:
         each = F.when(is_class, F.lit(per_image)).otherwise(each)
         remainder = F.when(is_class, F.lit(extra)).otherwise(remainder)
     n_copies = each + F.when(rank < remainder, 1).otherwise(0)
-    copies = (
+    return (
         eligible.select("sha256", n_copies.alias("n"))
         .filter(F.col("n") > 0)
         .select("sha256", F.explode(F.sequence(F.lit(1), F.col("n"))).alias("copy"))
@@ -115,20 +125,43 @@ def samples_to_make(images: DataFrame, config: PipelineConfig) -> DataFrame:
             F.lit(config.augment_fingerprint()).alias("config_fingerprint"),
         )
     )
-    return originals.unionByName(copies)
 
 
 def run_preprocess(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> PreprocessCounts:
+    images, _ = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    records = str(batch_records(*images.agg(F.max("size_bytes"), F.max(F.col("width") * F.col("height"))).head()))
+    # Several tasks per core: images differ in cost, and one task left alone at the end idles the others.
+    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    with tables.temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks), \
+            tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
+            tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records):
+        return _run_preprocess(spark, config, run_id, as_of_version)
+
+
+def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -> int:
+    """Rows per Arrow batch (and per DALI batch) so that a batch of the largest images stays within
+    BATCH_BYTES encoded and BATCH_PIXELS decoded: Spark 3.5 bounds Arrow batches by rows only."""
+    by_bytes = BATCH_BYTES // max(largest_bytes or 1, 1)
+    by_pixels = BATCH_PIXELS // max(largest_pixels or 1, 1)
+    return int(max(1, min(dali_backend.MAX_BATCH, by_bytes, by_pixels)))
+
+
+def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int]) -> PreprocessCounts:
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     fingerprint = config.output_fingerprint()
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
     processed_path = config.table_path(PROCESSED_TABLE)
-    done = tables.ensure_table(spark, processed_path, PROCESSED_SCHEMA).toDF().select(*SAMPLE_KEY).distinct()
-    wanted = samples_to_make(images, config)
-    todo = wanted.join(done, list(SAMPLE_KEY), "left_anti").join(images, "sha256")
+    tables.ensure_table(spark, processed_path, PROCESSED_SCHEMA)
+    processed_version = tables.latest_version(spark, processed_path)
+    done = spark.read.format("delta").option("versionAsOf", processed_version).load(processed_path).select(*SAMPLE_KEY)
+    # Originals come straight from the images; only the copies need a join to fetch their parent's bytes.
+    todo = _as_original(images, config).join(done, list(SAMPLE_KEY), "left_anti")
+    copies = augmented_copies(images, config)
+    if copies is not None:
+        todo = todo.unionByName(copies.join(done, list(SAMPLE_KEY), "left_anti").join(images, "sha256"))
     results = (
         todo.select(*SAMPLE_KEY, "augment_seed", "path", "label", "split", "size_bytes",
                     process_column(F.col("content"), F.col("augment_seed"), config.preprocess,
@@ -156,7 +189,8 @@ def run_preprocess(
         counts.backends, counts.task_gpus = dict(backends), dict(task_gpus)
         counts.quarantine_reasons = dict(sorted(reasons.items()))
         counts.quarantined = sum(reasons.values())
-        counts.already_processed = wanted.count() - counts.processed - counts.quarantined
+        wanted = images.count() + (copies.count() if copies is not None else 0)
+        counts.already_processed = wanted - counts.processed - counts.quarantined
         if config.preprocess.backend == "auto" and counts.task_gpus and not any("gpu:" in k for k in counts.backends):
             counts.gpu_fallback = ("auto: tasks were given GPUs " + ",".join(sorted(counts.task_gpus))
                                    + " but CUDA could not use them; ran dali-cpu")
@@ -167,7 +201,7 @@ def run_preprocess(
                                                           "quarantined": counts.quarantined}}
         with tables.commit_metadata(spark, metadata):
             if counts.processed:
-                tables.upsert(
+                tables.append(
                     spark, processed_path, PROCESSED_SCHEMA,
                     ok.select(
                         "sha256", "copy", "augment_seed", "path", "label", "split", "image",
@@ -175,7 +209,7 @@ def run_preprocess(
                         "config_fingerprint", F.lit(version).cast("long").alias("source_version"),
                         "backend", "device", "task_gpu", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
                     ),
-                    list(SAMPLE_KEY),
+                    processed_version,
                 )
             if counts.quarantined:
                 # One row per path: when copies of an image fail too, the lowest copy's verdict stands.
@@ -200,5 +234,5 @@ def select_current(processed: DataFrame, images: DataFrame, config: PipelineConf
     wanted = samples_to_make(images, config)
     return (
         wanted.join(images.select("sha256", "path", "label", "split"), "sha256")
-        .join(processed.select(*SAMPLE_KEY, "image"), list(SAMPLE_KEY))
+        .join(processed.select(*SAMPLE_KEY, "image").dropDuplicates(list(SAMPLE_KEY)), list(SAMPLE_KEY))
     )

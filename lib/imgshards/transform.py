@@ -52,21 +52,22 @@ def place(requested: str, task_gpu: Optional[str], cuda_usable) -> Placement:
 
 def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: PreprocessConfig, max_pixels: int,
                    placement: Placement = Placement("pil", None, None)) -> pd.DataFrame:
-    """One Arrow batch of raw image bytes -> the _RESULT_TYPE columns. ``seeds``: null for a plain sample,
+    """One Arrow batch of raw image bytes -> a frame of RESULT_COLUMNS. ``seeds``: null for a plain sample,
     else the seed of an augmented copy (made by DALI, on the task's GPU when it runs there).
 
     With a DALI placement, plain RGB/L JPEGs and PNGs go through DALI in one batch; the rest (other modes,
     transparency, EXIF orientation) through Pillow, and each row records the backend that made it.
     Augmented copies of such images are decoded by Pillow and handed to DALI as PNG."""
     rows: list = [None] * len(contents)
-    base_spec = dali_backend.GraphSpec(settings.size, settings.resize == "letterbox", settings.pad_value, (),
-                          placement.device_id)
+    base_spec = dali_backend.GraphSpec(settings.size, settings.resize == "letterbox", settings.pad_value,
+                                       device_id=placement.device_id)
     augment_spec = dataclasses.replace(base_spec, ops=settings.augment.ops)
     dali_base, dali_augment = [], []  # (row, encoded bytes, per-sample inputs)
     for i, data in enumerate(contents):
         seed = None if seeds is None or pd.isna(seeds.iloc[i]) else int(seeds.iloc[i])
+        use_dali = placement.backend != "pil" or seed is not None
         try:
-            plain_size = imaging.plain_rgb_jpeg_or_png(data, max_pixels) if placement.backend != "pil" or seed is not None else None
+            plain_size = imaging.plain_rgb_jpeg_or_png(data, max_pixels) if use_dali else None
             if seed is not None:
                 if plain_size is None:  # Pillow decodes what DALI would get wrong; DALI augments it
                     img = imaging.decode(data, max_pixels)
