@@ -17,6 +17,16 @@ def shared_dataset(name: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def trusted_dali_decoder():
+    """Every test starts with DALI's decoder in use: imgshards.transform stops using it for the rest of
+    a process once it rejected a batch, and tests share one process."""
+    from imgshards import transform
+
+    transform._DALI_DECODER_FAILED = False
+    yield
+
+
 @pytest.fixture(scope="session")
 def spark():
     from imgshards.session import build_session

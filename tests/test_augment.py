@@ -185,3 +185,27 @@ def test_export_and_loader_carry_the_copies(augmented_run):
             parents[sha] += 1
     assert len(ids) == len(set(ids)) == manifest["splits"]["train"]["rows"]
     assert sum(n - 1 for n in parents.values()) == counts.augmented
+
+
+def test_an_image_that_fails_with_its_copies_is_quarantined_once(spark, tmp_path):
+    from imgshards.ingest import run_ingest
+    from imgshards.preprocess import run_preprocess
+
+    raw = tmp_path / "raw" / "cat"
+    raw.mkdir(parents=True)
+    for i in range(3):
+        (raw / f"good{i}.jpg").write_bytes(encoded(photo(i)))
+    (raw / "broken.bmp").write_bytes(encoded(photo(9), "BMP")[:-500])  # a sound header, short pixel data
+    config = augment_config(tmp_path / "work")
+    config = dataclasses.replace(
+        config,
+        # no perceptual hash at ingest: its decode would catch the damage before preprocess
+        ingest=dataclasses.replace(config.ingest, near_duplicates=dataclasses.replace(config.ingest.near_duplicates, enabled=False)),
+        preprocess=dataclasses.replace(config.preprocess, augment=dataclasses.replace(
+            config.preprocess.augment, copies=2, balance_classes=False, splits=("train", "val", "test"))))
+    ingest = run_ingest(spark, config, str(tmp_path / "raw"), "q-1")
+    assert ingest.ingested == 4  # the header probe passes
+    counts = run_preprocess(spark, config, "q-1")
+    assert counts.processed == 9 and counts.augmented == 6 and counts.quarantined == 3
+    rows = table(spark, config, "quarantine").filter("stage = 'preprocess'").collect()
+    assert [(r["path"].rsplit("/", 1)[1], r["reason"]) for r in rows] == [("broken.bmp", "truncated")]

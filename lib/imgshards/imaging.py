@@ -258,10 +258,12 @@ def process(
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     img = _open(data, max_pixels)
     try:
-        full_size = _oriented_size(img)
-        geo = geometry(full_size[0], full_size[1], size, resize)
-        box_w, box_h = geo.box[2] - geo.box[0], geo.box[3] - geo.box[1]
-        draft_to = (full_size[0] * geo.resized[0] / box_w, full_size[1] * geo.resized[1] / box_h) if draft else None
+        full_size = draft_to = None
+        if draft and img.format == "JPEG":  # (a JPEG's EXIF is read at open; other formats may decode for it)
+            full_size = _oriented_size(img)
+            geo = geometry(full_size[0], full_size[1], size, resize)
+            box_w, box_h = geo.box[2] - geo.box[0], geo.box[3] - geo.box[1]
+            draft_to = (full_size[0] * geo.resized[0] / box_w, full_size[1] * geo.resized[1] / box_h)
         img = decode_oriented_rgb(img, draft_to)
         img = resize_to(img, size, resize, pad_value, full_size)
         return encode(img, output_format, quality), size, size

@@ -213,10 +213,10 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, as
                 )
             if counts.quarantined:
                 # One row per path: when copies of an image fail too, the lowest copy's verdict stands.
-                first = F.row_number().over(Window.partitionBy("path").orderBy("copy")) == 1
+                rank = F.row_number().over(Window.partitionBy("path").orderBy("copy"))
                 tables.upsert(
                     spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
-                    failed.filter(first).select(
+                    failed.withColumn("rank", rank).filter("rank = 1").select(
                         "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
                         now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
                     ),

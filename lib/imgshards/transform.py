@@ -7,6 +7,7 @@ benchmarks and tools call it directly.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +16,9 @@ import pandas as pd
 from imgshards import dali_backend, imaging
 from imgshards.augment import dali_inputs, sample_params
 from imgshards.config import PreprocessConfig
+
+log = logging.getLogger(__name__)
+_DALI_DECODER_FAILED = False  # set for the rest of the process once DALI's decoder rejected a batch
 
 # The columns of process_series' result, in order (the Spark job's result struct has the same fields).
 RESULT_COLUMNS = ("image", "width", "height", "backend", "device", "task_gpu", "reason", "detail")
@@ -57,62 +61,95 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
 
     With a DALI placement, plain RGB/L JPEGs and PNGs go through DALI in one batch; the rest (other modes,
     transparency, EXIF orientation) through Pillow, and each row records the backend that made it.
-    Augmented copies of such images are decoded by Pillow and handed to DALI as PNG."""
+    Augmented copies of such images are decoded by Pillow and handed to DALI as PNG. Pillow is the judge
+    of bad data: a batch DALI rejects is redone the Pillow way, and an image is quarantined only if Pillow
+    fails on it too."""
     rows: list = [None] * len(contents)
     base_spec = dali_backend.GraphSpec(settings.size, settings.resize == "letterbox", settings.pad_value,
                                        device_id=placement.device_id)
     augment_spec = dataclasses.replace(base_spec, ops=settings.augment.ops)
     dali_base, dali_augment = [], []  # (row, encoded bytes, per-sample inputs)
+
+    def pillow(i: int, data: bytes) -> None:
+        image, _, _ = imaging.process(
+            data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
+            max_pixels=max_pixels, draft=settings.draft, resize=settings.resize, pad_value=settings.pad_value)
+        rows[i] = (image, settings.size, settings.size, "pil", "cpu", placement.task_gpu, None, None)
+
+    def quarantine(i: int, error: imaging.ImageError, backend: str = "pil", device: str = "cpu") -> None:
+        rows[i] = (None, None, None, backend, device, placement.task_gpu, error.reason, error.detail)
+
+    # After DALI's decoder failed once in this process, it decodes nothing more here: a later batch of
+    # hostile JPEGs could crash the process (seen with DALI 2.4 on the edge-cases corpus).
+    dali_decodes = not _DALI_DECODER_FAILED
     for i, data in enumerate(contents):
         seed = None if seeds is None or pd.isna(seeds.iloc[i]) else int(seeds.iloc[i])
-        use_dali = placement.backend != "pil" or seed is not None
         try:
-            plain_size = imaging.plain_rgb_jpeg_or_png(data, max_pixels) if use_dali else None
             if seed is not None:
-                if plain_size is None:  # Pillow decodes what DALI would get wrong; DALI augments it
-                    img = imaging.decode(data, max_pixels)
-                    data, plain_size = imaging.encode(img, "png", 0), img.size
-                width, height = plain_size
-                params = sample_params(seed, width, height, settings.size, settings.augment, settings.resize)
-                dali_augment.append((i, data, dali_inputs(params, None, width, height, settings.size)))
-            elif plain_size:
+                dali_augment.append(_augment_item(i, data, seed, settings, max_pixels, not dali_decodes))
+            elif (dali_decodes and placement.backend != "pil"
+                  and (plain_size := imaging.plain_rgb_jpeg_or_png(data, max_pixels))):
                 width, height = plain_size
                 geo = imaging.geometry(width, height, settings.size, settings.resize)
                 dali_base.append((i, data, dali_inputs(None, geo, width, height, settings.size)))
             else:
-                image, _, _ = imaging.process(
-                    data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
-                    max_pixels=max_pixels, draft=settings.draft, resize=settings.resize, pad_value=settings.pad_value,
-                )
-                rows[i] = (image, settings.size, settings.size, "pil", "cpu", placement.task_gpu, None, None)
+                pillow(i, data)
         except imaging.ImageError as e:
-            rows[i] = (None, None, None, "pil", "cpu", placement.task_gpu, e.reason, e.detail)
-    for items, spec in ((dali_base, base_spec), (dali_augment, augment_spec)):
+            quarantine(i, e)
+    arrays = _run_dali(dali_base, base_spec)
+    if arrays is None:  # DALI rejected the batch: Pillow decides, image by image
+        for i, data, _ in dali_base:
+            try:
+                pillow(i, data)
+            except imaging.ImageError as e:
+                quarantine(i, e)
+        dali_base, arrays = [], []
+    copies = _run_dali(dali_augment, augment_spec)
+    if copies is None:  # augment what Pillow decodes of the originals instead
+        retry = []
+        for i, _, _ in dali_augment:
+            try:
+                retry.append(_augment_item(i, contents.iloc[i], int(seeds.iloc[i]), settings, max_pixels, True))
+            except imaging.ImageError as e:
+                quarantine(i, e)
+        dali_augment, copies = retry, _run_dali(retry, augment_spec)
+        if copies is None:
+            for i, _, _ in retry:
+                quarantine(i, imaging.ImageError("corrupt", "DALI rejected the image after Pillow decoded it"))
+            dali_augment, copies = [], []
+    for items, results, spec in ((dali_base, arrays, base_spec), (dali_augment, copies, augment_spec)):
         backend = "dali-cpu" if spec.device_id is None else "dali-gpu"
         device = "cpu" if spec.device_id is None else f"gpu:{spec.device_id}"
-        for i, array in zip([item[0] for item in items], _run_dali(items, spec)):
-            if isinstance(array, imaging.ImageError):
-                rows[i] = (None, None, None, backend, device, placement.task_gpu, array.reason, array.detail)
-            else:
-                image = imaging.encode(array, settings.output_format, settings.quality)
-                rows[i] = (image, settings.size, settings.size, backend, device, placement.task_gpu, None, None)
+        for (i, _, _), array in zip(items, results):
+            image = imaging.encode(array, settings.output_format, settings.quality)
+            rows[i] = (image, settings.size, settings.size, backend, device, placement.task_gpu, None, None)
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
-def _run_dali(items: list, spec: dali_backend.GraphSpec) -> list:
-    """Arrays for (row, bytes, inputs) items; an ImageError in place of each image DALI rejected."""
+def _augment_item(i: int, data: bytes, seed: int, settings: PreprocessConfig, max_pixels: int,
+                  decode_with_pillow: bool = False) -> tuple:
+    """(row, bytes for DALI, per-sample inputs) of an augmented copy. Images DALI would decode differently
+    (or did not decode) are decoded by Pillow and handed over as PNG."""
+    plain_size = None if decode_with_pillow else imaging.plain_rgb_jpeg_or_png(data, max_pixels)
+    if plain_size is None:
+        img = imaging.decode(data, max_pixels)
+        data, plain_size = imaging.encode(img, "png", 0), img.size
+    width, height = plain_size
+    params = sample_params(seed, width, height, settings.size, settings.augment, settings.resize)
+    return (i, data, dali_inputs(params, None, width, height, settings.size))
+
+
+def _run_dali(items: list, spec: dali_backend.GraphSpec) -> Optional[list]:
+    """Arrays for (row, bytes, inputs) items, or None when DALI rejected the batch (one bad image fails
+    a whole batch; the caller then takes the Pillow way)."""
+    global _DALI_DECODER_FAILED
     if not items:
         return []
     try:
         return dali_backend.run([item[1] for item in items], [item[2] for item in items], spec)
-    except RuntimeError:
-        # One bad image fails a whole DALI batch: redo them one by one so only the bad one is quarantined.
-        arrays = []
-        for _, data, inputs in items:
-            try:
-                arrays.extend(dali_backend.run([data], [inputs], spec))
-            except RuntimeError as e:
-                arrays.append(imaging.ImageError("corrupt", f"DALI: {str(e).splitlines()[0]}"))
-        return arrays
-
-
+    except RuntimeError as e:
+        if not _DALI_DECODER_FAILED:
+            log.warning("DALI rejected a batch (%s); Pillow decodes in this worker from now on",
+                        str(e).splitlines()[0])
+        _DALI_DECODER_FAILED = True
+        return None
