@@ -131,7 +131,8 @@ def run_preprocess(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> PreprocessCounts:
     images, _ = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
-    records = str(batch_records(*images.agg(F.max("size_bytes"), F.max(F.col("width") * F.col("height"))).head()))
+    largest = images.agg(F.max("size_bytes"), F.max(F.col("width").cast("long") * F.col("height"))).head()
+    records = str(batch_records(*largest))
     # Several tasks per core: images differ in cost, and one task left alone at the end idles the others.
     tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
     with tables.temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks), \
