@@ -176,3 +176,15 @@ def test_batches_are_bounded_by_bytes_and_pixels():
     assert batch_records(8_000_000, 24_000_000) == BATCH_PIXELS // 24_000_000 == 5  # 24 Mpx: decoded size rules
     assert batch_records(BATCH_BYTES // 3, 1000) == 3  # big files of few pixels: encoded size rules
     assert batch_records(None, None) == 64 and batch_records(2**31, 10**9) == 1  # empty table; one huge image
+
+
+def test_a_table_from_an_older_version_is_named_not_written(spark, tmp_path):
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from imgshards.schemas import PROCESSED_SCHEMA
+    from imgshards.tables import TableVersionError, ensure_table
+
+    path = str(tmp_path / "processed")
+    spark.createDataFrame([], StructType([StructField("sha256", StringType())])).write.format("delta").save(path)
+    with pytest.raises(TableVersionError, match=r"lacks the columns \['copy'"):
+        ensure_table(spark, path, PROCESSED_SCHEMA)

@@ -13,7 +13,7 @@ from pyspark.sql.types import StructType
 log = logging.getLogger(__name__)
 
 class TableVersionError(ValueError):
-    """A Delta version that the table does not have."""
+    """A Delta version that the table does not have; or a table that lacks columns this version writes."""
 
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
@@ -24,7 +24,12 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTab
     if not DeltaTable.isDeltaTable(spark, path):
         log.info("creating Delta table %s", path)
         spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(path)
-    return DeltaTable.forPath(spark, path)
+    table = DeltaTable.forPath(spark, path)
+    missing = [name for name in schema.fieldNames() if name not in table.toDF().columns]
+    if missing:
+        raise TableVersionError(f"{path} was written by an older imgshards and lacks the columns {missing}; "
+                                f"move it aside (processed is remade from images by the next preprocess)")
+    return table
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
