@@ -35,6 +35,13 @@ RESIZE_MODES = ("crop", "letterbox", "exact")
 OUTPUT_FORMATS = ("jpeg", "png", "raw")
 NPY_MAGIC = b"\x93NUMPY"
 
+# Downscaling by 2 x REDUCING_GAP or more first shrinks by an integer factor with Image.reduce (a box
+# filter), then resamples the rest with the bicubic filter. Measured on 10x downscales of photos, against an
+# exact bicubic resize: 3.0 is 3.1x faster and 0.18 levels off (mean); 2.0 is 4.9x faster and 0.29 off, but
+# 1.16 off on noisy images (the end-to-end pixel test holds 1.0); 1.0 is 1.25 off on photos. JPEGs mostly
+# shrink in the DCT first (draft mode), so this matters for other formats.
+REDUCING_GAP = 3.0
+
 # Background that transparent pixels are composited onto before RGB conversion.
 _BACKGROUND = (255, 255, 255)
 
@@ -229,7 +236,7 @@ def resize_to(img: Image.Image, size: int, mode: str = "crop", pad_value: int = 
     sx, sy = img.size[0] / width, img.size[1] / height
     left, top, right, bottom = geo.box
     resized = img.resize(geo.resized, Image.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy),
-                         reducing_gap=3.0)
+                         reducing_gap=REDUCING_GAP)
     if geo.resized == (size, size):
         return resized
     canvas = Image.new("RGB", (size, size), (pad_value,) * 3)
