@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # A Spark standalone cluster on this machine, bound to 127.0.0.1: one master and one worker.
+#   scripts/local_cluster.sh start [--gpus N]        # the worker offers this machine's N GPUs (nvidia-smi)
 #   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: the worker advertises N fake GPUs (tests only)
 #   scripts/local_cluster.sh stop
 # Env: SPARK_MASTER_PORT (7077), SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (4g), CLUSTER_DIR (.work/cluster).
@@ -11,8 +12,10 @@ dir="${CLUSTER_DIR:-$root/.work/cluster}"
 port="${SPARK_MASTER_PORT:-7077}"
 command="${1:-}"; shift || true
 fake_gpus=0
+gpus=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --gpus) gpus="$2"; shift 2 ;;
     --fake-gpus) fake_gpus="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -41,6 +44,8 @@ case "$command" in
     if [[ "$fake_gpus" -gt 0 ]]; then
       worker_opts="-Dspark.worker.resource.gpu.amount=$fake_gpus -Dspark.worker.resource.gpu.discoveryScript=$root/scripts/fakeGpusResources.sh"
       export FAKE_GPU_COUNT="$fake_gpus"
+    elif [[ "$gpus" -gt 0 ]]; then
+      worker_opts="-Dspark.worker.resource.gpu.amount=$gpus -Dspark.worker.resource.gpu.discoveryScript=$root/scripts/getGpusResources.sh"
     fi
     SPARK_WORKER_OPTS="$worker_opts" nohup "$venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
       --host 127.0.0.1 --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-4g}" \
@@ -48,7 +53,7 @@ case "$command" in
     echo $! > "$dir/worker.pid"
     for _ in $(seq 1 60); do
       if grep -q "Successfully registered with master" "$dir/worker.log" 2>/dev/null; then
-        echo "standalone cluster up: spark://127.0.0.1:$port (fake GPUs: $fake_gpus)"
+        echo "standalone cluster up: spark://127.0.0.1:$port (GPUs: $gpus, fake GPUs: $fake_gpus)"
         exit 0
       fi
       sleep 1
@@ -57,5 +62,5 @@ case "$command" in
     stop
     exit 1 ;;
   stop) stop ;;
-  *) echo "usage: $0 start [--fake-gpus N] | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--gpus N | --fake-gpus N] | stop" >&2; exit 2 ;;
 esac
