@@ -8,7 +8,8 @@
             images, labels = batch["image"], batch["label"]   # float32 N x 3 x H x W, int64 N
 
 The plan for an epoch comes from the export's manifest (row groups and their row counts) and the
-sample_id column (unique per sample: an image's sha256, or ``<sha256>-<copy>`` for an augmented copy): row groups are permuted with (seed, epoch), the samples concatenated, and rank r takes
+sample_id column (unique per sample: an image's sha256, or ``<sha256>-<copy>`` for an augmented copy):
+row groups are permuted with (seed, epoch), the samples concatenated, and rank r takes
 the r-th of ``shard_count`` equal slices, so the shards cover the split exactly once (``remainder="drop"``
 leaves out fewer than ``shard_count`` samples; ``"pad"`` repeats as many from the start) and every rank
 yields the same number of batches. Within a rank, samples are shuffled in windows of ``shuffle_buffer``.
