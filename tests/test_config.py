@@ -37,6 +37,13 @@ def test_overrides_are_typed_from_yaml():
         ("preprocess.draft=maybe", "preprocess.draft"),
         ("export.row_group_size_mb=0", "export.row_group_size_mb"),
         ("preprocess", "key=value"),
+        ("preprocess.resize=stretch", "preprocess.resize"),
+        ("preprocess.pad_value=300", "preprocess.pad_value"),
+        ("preprocess.output_format=raw", "export.codec"),  # raw arrays are not JPEG/PNG
+        ("preprocess.augment.ops=[spin]", "preprocess.augment.ops"),
+        ("preprocess.augment.splits=[holdout]", "preprocess.augment.splits"),
+        ("preprocess.augment.copies=-1", "preprocess.augment.copies"),
+        ("preprocess.augment.brightness=2", "preprocess.augment.brightness"),
     ],
 )
 def test_bad_settings_fail_naming_the_key(override, message):
