@@ -206,14 +206,8 @@ def _oriented_size(img: Image.Image) -> tuple:
     return img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
 
 
-def decode_oriented_rgb(img: Image.Image, draft_to: Optional[tuple] = None) -> Image.Image:
-    """Load an opened image, apply its EXIF orientation and convert to RGB. ``draft_to`` (oriented width,
-    height) lets a JPEG decoder scale by 1/2, 1/4 or 1/8 in the DCT while staying at least that large."""
-    if draft_to and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
-        w, h = _oriented_size(img)
-        if max(draft_to[0] / w, draft_to[1] / h) < 0.5:
-            need = (math.ceil(draft_to[0]), math.ceil(draft_to[1]))
-            img.draft(img.mode, need if img.size == (w, h) else need[::-1])
+def _decode_oriented_rgb(img: Image.Image) -> Image.Image:
+    """Load an opened image, apply its EXIF orientation and convert to RGB."""
     img.load()
     return to_rgb(ImageOps.exif_transpose(img))
 
@@ -222,7 +216,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Bytes -> the full-size, oriented RGB image. Raises :class:`ImageError`."""
     img = _open(data, max_pixels)
     try:
-        return decode_oriented_rgb(img)
+        return _decode_oriented_rgb(img)
     except Exception as e:  # noqa: BLE001 - see _decode_error
         raise _decode_error(e) from e
 
@@ -265,13 +259,17 @@ def process(
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     img = _open(data, max_pixels)
     try:
-        full_size = draft_to = None
-        if draft and img.format == "JPEG":  # (a JPEG's EXIF is read at open; other formats may decode for it)
-            full_size = _oriented_size(img)
-            geo = geometry(full_size[0], full_size[1], size, resize)
-            box_w, box_h = geo.box[2] - geo.box[0], geo.box[3] - geo.box[1]
-            draft_to = (full_size[0] * geo.resized[0] / box_w, full_size[1] * geo.resized[1] / box_h)
-        img = decode_oriented_rgb(img, draft_to)
+        full_size = None
+        if draft and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            # A JPEG's EXIF is read at open (other formats may decode to read it). The decoder may scale
+            # by 1/2, 1/4 or 1/8 in the DCT as long as the box still has at least its output size.
+            full_size = w, h = _oriented_size(img)
+            geo = geometry(w, h, size, resize)
+            need = (w * geo.resized[0] / (geo.box[2] - geo.box[0]), h * geo.resized[1] / (geo.box[3] - geo.box[1]))
+            if max(need[0] / w, need[1] / h) < 0.5:
+                need = (math.ceil(need[0]), math.ceil(need[1]))
+                img.draft(img.mode, need if img.size == (w, h) else need[::-1])
+        img = _decode_oriented_rgb(img)
         img = resize_to(img, size, resize, pad_value, full_size)
         return encode(img, output_format, quality), size, size
     except Exception as e:  # noqa: BLE001 - see _decode_error

@@ -130,7 +130,8 @@ def augmented_copies(images: DataFrame, config: PipelineConfig) -> Optional[Data
 def run_preprocess(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> PreprocessCounts:
-    images, _ = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images = images.filter(F.col("deleted_at").isNull())
     largest = images.agg(F.max("size_bytes"), F.max(F.col("width").cast("long") * F.col("height"))).head()
     records = str(batch_records(*largest))
     # Several tasks per core: images differ in cost, and one task left alone at the end idles the others.
@@ -138,7 +139,7 @@ def run_preprocess(
     with tables.temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks), \
             tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
             tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records):
-        return _run_preprocess(spark, config, run_id, as_of_version)
+        return _run_preprocess(spark, config, run_id, images, version)
 
 
 def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -> int:
@@ -149,9 +150,9 @@ def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -
     return int(max(1, min(dali_backend.MAX_BATCH, by_bytes, by_pixels)))
 
 
-def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int]) -> PreprocessCounts:
-    images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
-    images = images.filter(F.col("deleted_at").isNull())
+def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, images: DataFrame,
+                    version: int) -> PreprocessCounts:
+    """run_preprocess on the live rows of ``images`` (Delta version ``version``)."""
     fingerprint = config.output_fingerprint()
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
     processed_path = config.table_path(PROCESSED_TABLE)

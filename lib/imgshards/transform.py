@@ -70,14 +70,17 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
     augment_spec = dataclasses.replace(base_spec, ops=settings.augment.ops)
     dali_base, dali_augment = [], []  # (row, encoded bytes, per-sample inputs)
 
-    def pillow(i: int, data: bytes) -> None:
-        image, _, _ = imaging.process(
-            data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
-            max_pixels=max_pixels, draft=settings.draft, resize=settings.resize, pad_value=settings.pad_value)
-        rows[i] = (image, settings.size, settings.size, "pil", "cpu", placement.task_gpu, None, None)
+    def quarantine(i: int, error: imaging.ImageError) -> None:
+        rows[i] = (None, None, None, "pil", "cpu", placement.task_gpu, error.reason, error.detail)
 
-    def quarantine(i: int, error: imaging.ImageError, backend: str = "pil", device: str = "cpu") -> None:
-        rows[i] = (None, None, None, backend, device, placement.task_gpu, error.reason, error.detail)
+    def pillow(i: int, data: bytes) -> None:
+        try:
+            image, _, _ = imaging.process(
+                data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
+                max_pixels=max_pixels, draft=settings.draft, resize=settings.resize, pad_value=settings.pad_value)
+            rows[i] = (image, settings.size, settings.size, "pil", "cpu", placement.task_gpu, None, None)
+        except imaging.ImageError as e:
+            quarantine(i, e)
 
     # After DALI's decoder failed once in this process, it decodes nothing more here: a later batch of
     # hostile JPEGs could crash the process (seen with DALI 2.4 on the edge-cases corpus).
@@ -99,10 +102,7 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
     arrays = _run_dali(dali_base, base_spec)
     if arrays is None:  # DALI rejected the batch: Pillow decides, image by image
         for i, data, _ in dali_base:
-            try:
-                pillow(i, data)
-            except imaging.ImageError as e:
-                quarantine(i, e)
+            pillow(i, data)
         dali_base, arrays = [], []
     copies = _run_dali(dali_augment, augment_spec)
     if copies is None:  # augment what Pillow decodes of the originals instead
@@ -117,12 +117,11 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
             for i, _, _ in retry:
                 quarantine(i, imaging.ImageError("corrupt", "DALI rejected the image after Pillow decoded it"))
             dali_augment, copies = [], []
-    for items, results, spec in ((dali_base, arrays, base_spec), (dali_augment, copies, augment_spec)):
-        backend = "dali-cpu" if spec.device_id is None else "dali-gpu"
-        device = "cpu" if spec.device_id is None else f"gpu:{spec.device_id}"
-        for (i, _, _), array in zip(items, results):
-            image = imaging.encode(array, settings.output_format, settings.quality)
-            rows[i] = (image, settings.size, settings.size, backend, device, placement.task_gpu, None, None)
+    # Both graphs run on the placement's device: DALI's CPU backend when it has none, even for backend pil.
+    backend = "dali-cpu" if placement.device_id is None else "dali-gpu"
+    for (i, _, _), array in zip(dali_base + dali_augment, arrays + copies):
+        image = imaging.encode(array, settings.output_format, settings.quality)
+        rows[i] = (image, settings.size, settings.size, backend, placement.device, placement.task_gpu, None, None)
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 
