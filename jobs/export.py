@@ -1,27 +1,10 @@
-"""Export the processed table as one Petastorm dataset per split, with classes.json and manifest.json.
+"""spark-submit entry file of the export job (Databricks spark_python_task and EMR steps run it too).
 
-    ./spark-submit.sh export --output /data/shards [--as-of-version N]
+The job itself is imgshards.jobs.export, in the package, so wheel tasks run the same code.
 """
 import sys
-from dataclasses import asdict
 
-from imgshards import cli
-from imgshards.export import run_export
-
-
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
-    cli.add_version_argument(parser)
-    return parser
-
-
-def run(spark, config, args, run_id):
-    return {"export": asdict(run_export(spark, config, run_id, args.as_of_version))}
-
-
-def main(argv=None):
-    return cli.run_job("export", parse_args(argv), run, argv)
-
+from imgshards.jobs.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

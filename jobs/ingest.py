@@ -1,32 +1,10 @@
-"""Ingest image files under an input path into the Delta tables images, quarantine and duplicates.
+"""spark-submit entry file of the ingest job (Databricks spark_python_task and EMR steps run it too).
 
-    ./spark-submit.sh ingest --input /data/raw-images [--set ingest.max_pixels=50000000]
-    ./spark-submit.sh ingest --input /data/incoming --stream [--set ingest.stream.trigger='30 seconds']
+The job itself is imgshards.jobs.ingest, in the package, so wheel tasks run the same code.
 """
 import sys
-from dataclasses import asdict
 
-from imgshards import cli
-from imgshards.ingest import run_ingest, run_ingest_stream
-
-
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
-    parser.add_argument("--stream", action="store_true",
-                        help="Structured Streaming over the input with a checkpoint (see ingest.stream.*)")
-    return parser
-
-
-def run(spark, config, args, run_id):
-    if not config.input:
-        raise cli.ConfigError("input is not set: pass --input PATH or set input in the config file")
-    ingest = run_ingest_stream if args.stream else run_ingest
-    return {"input": config.input, "warehouse": config.warehouse, "ingest": asdict(ingest(spark, config, config.input, run_id))}
-
-
-def main(argv=None):
-    return cli.run_job("ingest", parse_args(argv), run, argv)
-
+from imgshards.jobs.ingest import main
 
 if __name__ == "__main__":
     sys.exit(main())

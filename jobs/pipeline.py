@@ -1,27 +1,10 @@
-"""Run ingest -> preprocess -> export, then print a summary.
+"""spark-submit entry file of the pipeline job (Databricks spark_python_task and EMR steps run it too).
 
-With no input configured, it generates a small labeled sample dataset under <workdir>/sample first:
-
-    ./spark-submit.sh pipeline                          # embedded default
-    ./spark-submit.sh pipeline --input /data/raw --output /data/shards
+The job itself is imgshards.jobs.pipeline, in the package, so wheel tasks run the same code.
 """
 import sys
 
-from imgshards import cli
-from imgshards.pipeline import format_summary, run_pipeline
-
-
-def parse_args(argv=None):
-    return cli.base_parser(__doc__)
-
-
-def run(spark, config, args, run_id):
-    return run_pipeline(spark, config, run_id)
-
-
-def main(argv=None):
-    return cli.run_job("pipeline", parse_args(argv), run, argv, formatter=format_summary)
-
+from imgshards.jobs.pipeline import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Wiring shared by the jobs in ``jobs/``: common arguments, config loading, the Spark session, exit codes.
+"""Wiring shared by the jobs (``imgshards.jobs``): common arguments, config loading, the Spark session, exit codes.
 
 Each job is ``parse_args(argv)`` -> ``run(spark, config, args)`` -> ``main()``; :func:`run_job` does the
 rest so every job behaves the same: a bad setting exits 2 before Spark starts, a run summary is printed as
@@ -31,7 +31,7 @@ def new_run_id() -> str:
 
 def base_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--conf-file", help="pipeline config YAML (default: conf/pipeline.yaml)")
+    parser.add_argument("--conf-file", help="pipeline config YAML (default: the package's pipeline.yaml, linked as conf/pipeline.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set preprocess.size=128 (repeatable)")
     parser.add_argument("--input", help="shortcut for --set input=PATH")
@@ -64,7 +64,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def get_spark(app_name: str):
-    """The session spark-submit configured (jars, Delta extensions, profile); the caller stops it."""
+    """The session spark-submit or the platform configured (master, jars, Delta extensions, profile).
+
+    Sets nothing but the app name: on Databricks and EMR the platform provides Spark, Delta and the master.
+    """
     from pyspark.sql import SparkSession
 
     return SparkSession.builder.appName(app_name).getOrCreate()
@@ -87,8 +90,12 @@ def run_job(
     run: Callable[..., dict],
     argv: Optional[Sequence[str]] = None,
     formatter: Optional[Callable[[dict], str]] = None,
+    stop_session: bool = True,
 ) -> int:
-    """Parse ``argv``, validate the config, run ``run(spark, config, args, run_id)`` and print its summary."""
+    """Parse ``argv``, validate the config, run ``run(spark, config, args, run_id)`` and print its summary.
+
+    ``stop_session``: stop the Spark session at the end; False where the platform owns the session.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Petastorm 0.12 calls pyarrow APIs that pyarrow 14 marks deprecated; they work, the warnings are noise.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
@@ -108,7 +115,8 @@ def run_job(
         print(f"{job}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     finally:
-        spark.stop()
+        if stop_session:
+            spark.stop()
     summary["summary_file"] = _write_summary(config, job, run_id, summary)
     print(formatter(summary) if formatter else json.dumps(summary, indent=2, default=str))
     if formatter and summary["summary_file"]:

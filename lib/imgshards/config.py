@@ -18,7 +18,9 @@ import yaml
 
 from imgshards.imaging import OUTPUT_FORMATS, RESIZE_MODES
 
-DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "pipeline.yaml")
+# The default config travels inside the package (conf/pipeline.yaml in a checkout links to it), so a job
+# installed from the wheel runs without a checkout.
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "pipeline.yaml")
 
 
 class ConfigError(ValueError):
@@ -380,8 +382,8 @@ def _read_yaml(path: str) -> dict:
 
 
 def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
-    """Load ``path`` (default: conf/pipeline.yaml, or the built-in defaults when installed without conf/), apply ``key=value`` overrides, validate, return the config."""
-    data = _read_yaml(path or DEFAULT_CONFIG_PATH) if path or os.path.exists(DEFAULT_CONFIG_PATH) else {}
+    """Load ``path`` (default: the package's pipeline.yaml), apply ``key=value`` overrides, validate, return the config."""
+    data = _read_yaml(path or DEFAULT_CONFIG_PATH)
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
