@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# A Spark standalone cluster on this machine, bound to 127.0.0.1: one master and one worker.
-#   scripts/local_cluster.sh start [--gpus N]        # the worker offers this machine's N GPUs (nvidia-smi)
-#   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: the worker advertises N fake GPUs (tests only)
+# A Spark standalone cluster on this machine, bound to 127.0.0.1: one master and N workers (default 2),
+# each with its own work directory (<CLUSTER_DIR>/worker-<i>), where executors unpack the environment.
+#   scripts/local_cluster.sh start [--workers N]     # N workers (default 2)
+#   scripts/local_cluster.sh start [--gpus N]        # each worker offers this machine's N GPUs (nvidia-smi)
+#   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: each worker advertises N fake GPUs (tests only)
 #   scripts/local_cluster.sh stop
-# Env: SPARK_MASTER_PORT (7077), SPARK_WORKER_CORES (2), SPARK_WORKER_MEMORY (4g), CLUSTER_DIR (.work/cluster).
+# Env: SPARK_MASTER_PORT (7077), SPARK_WORKER_CORES (2 per worker), SPARK_WORKER_MEMORY (4g per worker),
+# CLUSTER_DIR (.work/cluster). The workers get no project Python: jobs ship theirs (spark-submit.sh).
 # The pip pyspark has no sbin/start-*.sh, so the daemons are started with spark-class.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,8 +16,10 @@ port="${SPARK_MASTER_PORT:-7077}"
 command="${1:-}"; shift || true
 fake_gpus=0
 gpus=0
+workers=2
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --workers) workers="$2"; shift 2 ;;
     --gpus) gpus="$2"; shift 2 ;;
     --fake-gpus) fake_gpus="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -22,10 +27,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 stop() {
-  for name in worker master; do
-    if [[ -f "$dir/$name.pid" ]]; then
-      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
-      rm -f "$dir/$name.pid"
+  local pid_file
+  for pid_file in "$dir"/worker-*.pid "$dir/master.pid"; do
+    if [[ -f "$pid_file" ]]; then
+      kill "$(cat "$pid_file")" 2>/dev/null || true
+      rm -f "$pid_file"
     fi
   done
 }
@@ -36,7 +42,8 @@ case "$command" in
     mkdir -p "$dir"
     stop
     export SPARK_HOME="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
-    export SPARK_LOCAL_IP=127.0.0.1 PYSPARK_PYTHON="$venv/bin/python"
+    export SPARK_LOCAL_IP=127.0.0.1
+    unset PYSPARK_PYTHON PYSPARK_DRIVER_PYTHON
     nohup "$venv/bin/spark-class" org.apache.spark.deploy.master.Master --host 127.0.0.1 --port "$port" \
       --webui-port 0 > "$dir/master.log" 2>&1 &
     echo $! > "$dir/master.pid"
@@ -47,20 +54,23 @@ case "$command" in
     elif [[ "$gpus" -gt 0 ]]; then
       worker_opts="-Dspark.worker.resource.gpu.amount=$gpus -Dspark.worker.resource.gpu.discoveryScript=$root/scripts/getGpusResources.sh"
     fi
-    SPARK_WORKER_OPTS="$worker_opts" nohup "$venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
-      --host 127.0.0.1 --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-4g}" \
-      --webui-port 0 --work-dir "$dir/work" "spark://127.0.0.1:$port" > "$dir/worker.log" 2>&1 &
-    echo $! > "$dir/worker.pid"
-    for _ in $(seq 1 60); do
-      if grep -q "Successfully registered with master" "$dir/worker.log" 2>/dev/null; then
-        echo "standalone cluster up: spark://127.0.0.1:$port (GPUs: $gpus, fake GPUs: $fake_gpus)"
+    for i in $(seq 1 "$workers"); do
+      SPARK_WORKER_OPTS="$worker_opts" nohup "$venv/bin/spark-class" org.apache.spark.deploy.worker.Worker \
+        --host 127.0.0.1 --cores "${SPARK_WORKER_CORES:-2}" --memory "${SPARK_WORKER_MEMORY:-4g}" \
+        --webui-port 0 --work-dir "$dir/worker-$i" "spark://127.0.0.1:$port" > "$dir/worker-$i.log" 2>&1 &
+      echo $! > "$dir/worker-$i.pid"
+    done
+    for _ in $(seq 1 90); do
+      registered="$(grep -l "Successfully registered with master" "$dir"/worker-*.log 2>/dev/null | wc -l)"
+      if [[ "$registered" -ge "$workers" ]]; then
+        echo "standalone cluster up: spark://127.0.0.1:$port, $workers workers (GPUs: $gpus, fake GPUs: $fake_gpus each)"
         exit 0
       fi
       sleep 1
     done
-    echo "worker did not register within 60 s; see $dir/worker.log" >&2
+    echo "$workers workers did not all register within 90 s; see $dir/worker-*.log" >&2
     stop
     exit 1 ;;
   stop) stop ;;
-  *) echo "usage: $0 start [--gpus N | --fake-gpus N] | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--workers N] [--gpus N | --fake-gpus N] | stop" >&2; exit 2 ;;
 esac

@@ -32,7 +32,7 @@ def fake_gpu_cluster(tmp_path):
     port = free_port()
     env = {**os.environ, "SPARK_MASTER_PORT": str(port), "CLUSTER_DIR": str(tmp_path / "cluster")}
     script = os.path.join(ROOT, "scripts", "local_cluster.sh")
-    subprocess.run([script, "start", "--fake-gpus", "2"], env=env, check=True, timeout=180)
+    subprocess.run([script, "start", "--workers", "1", "--fake-gpus", "2"], env=env, check=True, timeout=180)
     try:
         yield f"spark://127.0.0.1:{port}"
     finally:
@@ -47,7 +47,6 @@ def test_each_task_gets_a_gpu_and_auto_falls_back_to_dali_cpu(spark, tmp_path, f
     run_ingest(spark, config, str(tmp_path / "raw"), "g1")
 
     extra = " ".join([
-        f"--master {fake_gpu_cluster}",
         "--conf spark.executor.cores=2",
         "--conf spark.executor.memory=1g",
         "--conf spark.executor.resource.gpu.amount=2",
@@ -55,7 +54,7 @@ def test_each_task_gets_a_gpu_and_auto_falls_back_to_dali_cpu(spark, tmp_path, f
         f"--conf spark.executor.resource.gpu.discoveryScript={ROOT}/scripts/fakeGpusResources.sh",
     ])
     result = subprocess.run(
-        [os.path.join(ROOT, "spark-submit.sh"), "--profile", "gpu", "preprocess", "--warehouse", config.warehouse,
+        [os.path.join(ROOT, "spark-submit.sh"), "--profile", "gpu", "--master", fake_gpu_cluster, "preprocess", "--warehouse", config.warehouse,
          "--set", f"workdir={tmp_path}", "--set", "preprocess.size=32", "--set", "preprocess.backend=auto"],
         env={**os.environ, "SPARK_SUBMIT_OPTS_EXTRA": extra}, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
