@@ -61,7 +61,7 @@ case "$command" in
       echo $! > "$dir/worker-$i.pid"
     done
     for _ in $(seq 1 90); do
-      registered="$(grep -l "Successfully registered with master" "$dir"/worker-*.log 2>/dev/null | wc -l)"
+      registered="$(cat "$dir"/worker-*.log 2>/dev/null | grep -c "Successfully registered with master" || true)"
       if [[ "$registered" -ge "$workers" ]]; then
         echo "standalone cluster up: spark://127.0.0.1:$port, $workers workers (GPUs: $gpus, fake GPUs: $fake_gpus each)"
         exit 0

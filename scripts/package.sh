@@ -3,7 +3,8 @@
 #   scripts/package.sh                 # dist/imgshards-<version>-py3-none-any.whl + dist/imgshards-env.tar.gz
 #   scripts/package.sh --gpu           # ... + dist/imgshards-gpu-env.tar.gz (the `gpu` extra: NVIDIA DALI)
 #   scripts/package.sh --no-spark      # dist/imgshards-nospark-env.tar.gz: no pyspark, for clusters whose Spark
-#                                      #   puts its own pyspark first (EMR, YARN, the Kubernetes image)
+#                                      #   puts its own pyspark first (EMR, YARN); with --gpu as well:
+#                                      #   dist/imgshards-nospark-gpu-env.tar.gz
 #   scripts/package.sh --wheel-only    # just the wheel (Databricks installs it into the runtime's Python)
 # Each prints the archive's (or wheel's) path. It also builds dist/imgshards-driver.jar, the application jar
 # that runs a Python driver in standalone cluster deploy mode (lib/jvm/imgshards/ClusterPythonDriver.java).
@@ -20,23 +21,28 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${IMGSHARDS_VENV:-$root/.venv}"
 dist="${IMGSHARDS_DIST:-$root/dist}"
-variant="cpu"
+gpu=""
+no_spark=""
 wheel_only=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --gpu) variant="gpu"; shift ;;
-    --no-spark) variant="nospark"; shift ;;
+    --gpu) gpu=1; shift ;;
+    --no-spark) no_spark=1; shift ;;
     --wheel-only) wheel_only=1; shift ;;
     --dist) dist="$2"; shift 2 ;;
     *) echo "package.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 
-case "$variant" in
-  cpu) archive_name="imgshards-env.tar.gz"; extras="[local]" ;;
-  gpu) archive_name="imgshards-gpu-env.tar.gz"; extras="[local,gpu]" ;;
-  nospark) archive_name="imgshards-nospark-env.tar.gz"; extras="" ;;
-esac
+# The variant: imgshards[-nospark][-gpu]-env.tar.gz, built from .work/package/env-<variant>.
+suffix="${no_spark:+-nospark}${gpu:+-gpu}"
+variant="${suffix#-}"
+variant="${variant:-cpu}"
+archive_name="imgshards$suffix-env.tar.gz"
+extras="local"
+[[ -z "$no_spark" ]] || extras=""
+[[ -z "$gpu" ]] || extras="${extras:+$extras,}gpu"
+extras="${extras:+[$extras]}"
 archive="$dist/$archive_name"
 
 log() { printf '[package] %s\n' "$*" >&2; }
@@ -98,7 +104,7 @@ log "installing the wheel$extras into $env_dir (pinned by constraints.txt)"
 "$env_dir/bin/python" -m pip install --quiet --upgrade "pip>=24"
 "$env_dir/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
 "$env_dir/bin/python" -m pip install --quiet -c "$root/constraints.txt" "$wheel$extras"
-if [[ "$variant" == "nospark" ]]; then
+if [[ -n "$no_spark" ]]; then
   # The `delta` Python module only: Spark and the Delta jars come from the cluster.
   "$env_dir/bin/python" -m pip install --quiet --no-deps -c "$root/constraints.txt" delta-spark
 fi

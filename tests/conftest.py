@@ -1,7 +1,10 @@
 """Shared fixtures: one local[2] Spark session with Delta for the whole run, and paths to ../shared data."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
 
 import pytest
 
@@ -39,3 +42,24 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def standalone_cluster(cluster_dir, workers: int = 2, fake_gpus: int = 0):
+    """A real standalone master and ``workers`` workers on 127.0.0.1 (scripts/local_cluster.sh), each
+    worker with its own work directory under ``cluster_dir``; yields the master URL and stops them."""
+    port = free_port()
+    env = {**os.environ, "SPARK_MASTER_PORT": str(port), "CLUSTER_DIR": str(cluster_dir)}
+    script = os.path.join(ROOT, "scripts", "local_cluster.sh")
+    args = [script, "start", "--workers", str(workers)] + (["--fake-gpus", str(fake_gpus)] if fake_gpus else [])
+    subprocess.run(args, env=env, check=True, timeout=180)
+    try:
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        subprocess.run([script, "stop"], env=env, check=False, timeout=60)

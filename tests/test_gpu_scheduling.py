@@ -8,12 +8,11 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, standalone_cluster
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest
 from imgshards.sample import make_sample_dataset
@@ -21,22 +20,10 @@ from imgshards.sample import make_sample_dataset
 pytest.importorskip("nvidia.dali")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def fake_gpu_cluster(tmp_path):
-    port = free_port()
-    env = {**os.environ, "SPARK_MASTER_PORT": str(port), "CLUSTER_DIR": str(tmp_path / "cluster")}
-    script = os.path.join(ROOT, "scripts", "local_cluster.sh")
-    subprocess.run([script, "start", "--workers", "1", "--fake-gpus", "2"], env=env, check=True, timeout=180)
-    try:
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        subprocess.run([script, "stop"], env=env, check=False, timeout=60)
+    with standalone_cluster(tmp_path / "cluster", workers=1, fake_gpus=2) as master:
+        yield master
 
 
 @pytest.mark.slow

@@ -30,7 +30,9 @@ def new_run_id() -> str:
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviated options: a definition saying --warehous must fail, not quietly mean --warehouse.
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--conf-file", help="pipeline config YAML (default: the package's pipeline.yaml, linked as conf/pipeline.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set preprocess.size=128 (repeatable)")
@@ -121,4 +123,4 @@ def run_job(
     print(formatter(summary) if formatter else json.dumps(summary, indent=2, default=str))
     if formatter and summary["summary_file"]:
         print(f"summary file   {summary['summary_file']}")
-    return 0
+    return 0 if summary.get("ok", True) else 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-JOBS = ("ingest", "preprocess", "export", "pipeline", "history")
+JOBS = ("ingest", "preprocess", "export", "pipeline", "history", "doctor")
 
 
 def job_module(name: str):

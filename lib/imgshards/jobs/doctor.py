@@ -1,0 +1,37 @@
+"""Check the Python that the driver and every executor run: interpreter, prefix, where imgshards comes
+from, and the versions of the native packages the jobs need. Exits 1 when an executor lacks one.
+
+    ./spark-submit.sh --profile standalone doctor [--min-executors 2]
+"""
+from imgshards import cli
+from imgshards.environment import describe_python, executor_environments
+
+
+def parse_args(argv=None):
+    parser = cli.base_parser(__doc__)
+    parser.add_argument("--min-executors", type=int, default=1, metavar="N",
+                        help="wait (up to --timeout seconds) until N executors have registered (default 1)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for executors (default 120)")
+    return parser
+
+
+def run(spark, config, args, run_id):
+    executors = executor_environments(spark, args.min_executors, args.timeout)
+    return {"ok": not any(e["missing"] for e in executors), "driver": describe_python(), "executors": executors}
+
+
+def format_doctor(summary):
+    lines = []
+    for role, facts in [("driver", summary["driver"])] + [("executor", e) for e in summary["executors"]]:
+        lines.append(f"{role:<9} {facts['host']} python {facts['python']} {facts['prefix']}"
+                     f"{'  (packed environment)' if facts['packed_environment'] else ''}")
+        imgshards = facts["modules"]["imgshards"]
+        lines.append(f"          imgshards {imgshards['file'] if imgshards else 'MISSING'}")
+        if facts["missing"]:
+            lines.append(f"          missing: {', '.join(facts['missing'])}")
+    lines.append("ok" if summary["ok"] else "NOT OK: an executor lacks packages the jobs need")
+    return "\n".join(lines)
+
+
+def main(argv=None, stop_session=True):
+    return cli.run_job("doctor", parse_args(argv), run, argv, stop_session=stop_session, formatter=format_doctor)
