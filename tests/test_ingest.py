@@ -288,3 +288,28 @@ def test_edge_cases_corpus_every_file_accounted(spark, tmp_path):
     for path in ingested:
         if manifest[path]["load"] != "ok":
             assert path in failed, (path, manifest[path]["load"])
+
+
+def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
+    """A damaged file in the same Arrow batch once turned the hash column into float64 and rounded every
+    hash above 2**53, so near-duplicate clusters depended on how files fell into batches."""
+    import pandas as pd
+
+    from imgshards.config import LabelsConfig
+    from imgshards.ingest import _probe_batches
+
+    rng = np.random.default_rng(3)
+    photos = []
+    while len(photos) < 3:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+        phash = imaging.perceptual_hash(buffer.getvalue(), 10**8)
+        if float(phash) != phash:  # not representable as float64
+            photos.append((buffer.getvalue(), phash))
+    contents = [b"not an image"] + [content for content, _ in photos]
+    batch = pd.DataFrame({"path": [f"file:/in/{i}.png" for i in range(4)], "length": [len(c) for c in contents],
+                          "sha256": [hashlib.sha256(c).hexdigest() for c in contents], "content": contents})
+    [probed] = list(_probe_batches(iter([batch]), base="file:/in", max_pixels=10**8, labels=LabelsConfig(),
+                                   group_regex=None, phash=True))
+    assert probed["reason"].iloc[0] == "not_an_image" and pd.isna(probed["phash"].iloc[0])
+    assert [int(v) for v in probed["phash"].iloc[1:]] == [phash for _, phash in photos]

@@ -67,6 +67,7 @@ _PROBED_SCHEMA = StructType(
         StructField("detail", StringType(), True),
     ]
 )
+_PROBED_INTEGERS = [f.name for f in _PROBED_SCHEMA.fields if isinstance(f.dataType, (IntegerType, LongType))]
 
 
 @dataclass
@@ -206,7 +207,14 @@ def _probe_batches(
                 except imaging.ImageError as e:
                     row.update(reason=e.reason, detail=e.detail)
             rows.append(row)
-        yield pd.DataFrame(rows, columns=_PROBED_SCHEMA.fieldNames())
+        # Integer columns as nullable integers from the start: a batch with one failed probe would otherwise
+        # make them float64, which rounds 64-bit perceptual hashes (so near-duplicates depended on how files
+        # fell into batches).
+        yield pd.DataFrame({
+            name: pd.array([row[name] for row in rows], dtype="Int64") if name in _PROBED_INTEGERS
+            else [row[name] for row in rows]
+            for name in _PROBED_SCHEMA.fieldNames()
+        })
 
 
 # ---------------------------------------------------------------------------------------------------------
