@@ -5,6 +5,9 @@
 #   scripts/local_cluster.sh start [--gpus N]        # each worker offers this machine's N GPUs (nvidia-smi)
 #   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: each worker advertises N fake GPUs (tests only)
 #   scripts/local_cluster.sh stop
+#   scripts/local_cluster.sh run [--deploy-mode cluster] <job> [job args]
+#                                                    # start, run the job through ./spark-submit.sh --profile
+#                                                    # standalone on this cluster, stop (one command)
 # Env: SPARK_MASTER_PORT (7077), SPARK_WORKER_CORES (2 per worker), SPARK_WORKER_MEMORY (4g per worker),
 # CLUSTER_DIR (.work/cluster). The workers get no project Python: jobs ship theirs (spark-submit.sh).
 # The pip pyspark has no sbin/start-*.sh, so the daemons are started with spark-class.
@@ -14,6 +17,13 @@ venv="${IMGSHARDS_VENV:-$root/.venv}"
 dir="${CLUSTER_DIR:-$root/.work/cluster}"
 port="${SPARK_MASTER_PORT:-7077}"
 command="${1:-}"; shift || true
+if [[ "$command" == run ]]; then
+  # The cluster lives as long as the job: started here, stopped on the way out whatever the job did.
+  trap '"$0" stop' EXIT
+  "$0" start
+  "$root/spark-submit.sh" --profile standalone --master "spark://127.0.0.1:$port" "$@"
+  exit
+fi
 fake_gpus=0
 gpus=0
 workers=2
@@ -72,5 +82,6 @@ case "$command" in
     stop
     exit 1 ;;
   stop) stop ;;
-  *) echo "usage: $0 start [--workers N] [--gpus N | --fake-gpus N] | stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start [--workers N] [--gpus N | --fake-gpus N] | stop | run [--deploy-mode cluster] <job> [args]" >&2
+     exit 2 ;;
 esac

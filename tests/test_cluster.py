@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, standalone_cluster
+from conftest import ROOT, free_port, standalone_cluster
 from imgshards.config import load_config
 from imgshards.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
@@ -72,9 +72,14 @@ def assert_runs_packed_environment(facts: dict, under: str) -> None:
     assert facts["missing"] == [], facts
 
 
-def test_executors_run_the_packed_environment(cluster, tmp_path):
-    master, cluster_dir = cluster
-    launch(master, "doctor", "--min-executors", "2", "--set", f"workdir={tmp_path}")
+def test_executors_run_the_packed_environment(packed_environment, tmp_path):
+    # The documented one command: a fresh two-worker cluster for one job, stopped after it.
+    cluster_dir = str(tmp_path / "cluster")
+    env = {**os.environ, "SPARK_MASTER_PORT": str(free_port()), "CLUSTER_DIR": cluster_dir}
+    result = subprocess.run([os.path.join(ROOT, "scripts", "local_cluster.sh"), "run", "doctor", "--min-executors", "2",
+                             "--set", f"workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "(packed environment)" in result.stdout
     summary = summary_of(tmp_path, "doctor")
     executors = summary["executors"]
     assert len(executors) == 2
@@ -84,6 +89,7 @@ def test_executors_run_the_packed_environment(cluster, tmp_path):
         assert_runs_packed_environment(facts, cluster_dir)
     # Client mode: the driver runs here, in the project environment.
     assert summary["driver"]["prefix"] == os.path.join(ROOT, ".venv")
+    assert not os.path.exists(os.path.join(cluster_dir, "master.pid"))  # stopped after the job
 
 
 def test_cluster_deploy_mode_runs_the_driver_on_a_worker(cluster, tmp_path):

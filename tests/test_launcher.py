@@ -75,3 +75,20 @@ def test_unknown_job_and_profile():
     assert launch("nosuchjob").returncode == 2
     result = launch("--profile", "nosuch", "pipeline")
     assert result.returncode == 2 and "unknown profile" in result.stderr
+
+
+def test_cluster_run_with_a_missing_packed_environment_fails_naming_it(tmp_path):
+    missing = str(tmp_path / "imgshards-env.tar.gz")
+    result = subprocess.run([LAUNCHER, "--profile", "standalone", "doctor"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "IMGSHARDS_ENV_ARCHIVE": missing})
+    assert result.returncode == 2
+    assert missing in result.stderr and "scripts/package.sh" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--deploy-mode", "server", "doctor"], "--deploy-mode must be client or cluster"),
+    (["--deploy-mode", "cluster", "pipeline"], "a local master has no cluster deploy mode"),
+])
+def test_bad_launcher_options_fail_naming_them(args, message):
+    result = launch(*args, timeout=120)
+    assert result.returncode == 2 and message in result.stderr
