@@ -73,8 +73,13 @@ jars="$(ls "$root"/.jars/*.jar | paste -sd, -)"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_HOME="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
 export PATH="$venv/bin:$PATH"
+# The S3A connector (.jars/s3/, 280 MB with its AWS SDK) goes on the class path where this machine's files
+# are (local runs, the local standalone cluster) instead of being copied to every executor; a real cluster's
+# Spark brings its own.
+s3_jars="$root/.jars/s3/*"
 submit=(
   "$venv/bin/spark-submit" --master "$master" --properties-file "$properties" --jars "$jars"
+  --conf "spark.driver.extraClassPath=$s3_jars" --conf "spark.executor.extraClassPath=$s3_jars"
   --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog
 )

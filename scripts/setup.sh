@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create the project environment (.venv) with the pinned stack and fetch the Delta jars (.jars/) once.
+# Create the project environment (.venv) with the pinned stack and fetch the jars (Delta, S3A) once.
 # Idempotent: when constraints.txt, setup.cfg and the jars are unchanged it returns in about a second.
 #   scripts/setup.sh            # install or refresh
 #   FORCE=1 scripts/setup.sh    # reinstall the Python packages even if the stamp matches
@@ -34,13 +34,20 @@ else
   log "python environment up to date ($venv)"
 fi
 
-mkdir -p "$jars"
-for artifact in "delta-spark_${scala_version}" "delta-storage"; do
-  jar="$jars/${artifact}-${delta_version}.jar"
-  if [[ ! -s "$jar" ]]; then
-    log "fetching io.delta:${artifact}:${delta_version} with Maven"
-    mvn -q -B -Dstyle.color=never dependency:copy -Dartifact="io.delta:${artifact}:${delta_version}" \
-      -DoutputDirectory="$jars" -Dmdep.overWriteIfNewer=false >&2
+# Delta (shipped with every job) in .jars/; the S3A connector matching Spark 3.5's Hadoop 3.3.4 and its AWS
+# SDK in .jars/s3/ (on the class path of this machine's driver and executors; clusters bring their own).
+fetch() {  # group:artifact:version folder
+  local coordinates="$1" folder="$2" name
+  name="$(cut -d: -f2 <<<"$coordinates")-$(cut -d: -f3 <<<"$coordinates").jar"
+  if [[ ! -s "$folder/$name" ]]; then
+    log "fetching $coordinates with Maven"
+    mkdir -p "$folder"
+    mvn -q -B -Dstyle.color=never dependency:copy -Dartifact="$coordinates" \
+      -DoutputDirectory="$folder" -Dmdep.overWriteIfNewer=false >&2
   fi
-done
+}
+fetch "io.delta:delta-spark_${scala_version}:${delta_version}" "$jars"
+fetch "io.delta:delta-storage:${delta_version}" "$jars"
+fetch "org.apache.hadoop:hadoop-aws:3.3.4" "$jars/s3"
+fetch "com.amazonaws:aws-java-sdk-bundle:1.12.262" "$jars/s3"
 log "ready: $venv, jars in $jars"

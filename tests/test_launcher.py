@@ -37,8 +37,9 @@ def test_pipeline_on_embedded_default(tmp_path):
     summary_file = re.search(r"summary file\s+(\S+)", out).group(1)
     with open(summary_file) as f:
         summary = json.load(f)
-    with open(work / "shards" / "manifest.json") as f:
-        manifest = json.load(f)
+    from imgshards.loader import read_manifest
+
+    manifest = read_manifest(str(work / "shards"))
     assert sum(s["rows"] for s in manifest["splits"].values()) == summary["preprocess"]["processed"]
 
     from petastorm import make_reader

@@ -17,6 +17,7 @@ import uuid
 import warnings
 from typing import Callable, Optional, Sequence
 
+from imgshards import storage
 from imgshards.config import ConfigError, PipelineConfig, load_config, resolve_local
 from imgshards.tables import TableVersionError
 
@@ -75,6 +76,21 @@ def get_spark(app_name: str):
     return SparkSession.builder.appName(app_name).getOrCreate()
 
 
+# Which locations each job reads (input) or writes (output): checked at start, before any work.
+_JOB_LOCATIONS = {"ingest": ("input", "warehouse"), "pipeline": ("input", "warehouse", "output"),
+                  "preprocess": ("warehouse",), "export": ("warehouse", "output"), "history": ("warehouse",)}
+
+
+def prepare_storage(spark, config: PipelineConfig, job: str) -> None:
+    """Point S3A at the configured endpoint, then check that every object-store location the job uses can
+    be reached, so a wrong endpoint, bucket or credential fails at start naming the URL and the cause."""
+    storage.configure_hadoop(spark, config)
+    for name in _JOB_LOCATIONS.get(job, ()):
+        url = getattr(config, name)
+        if url:
+            storage.check_s3_location(spark, url, need_objects=name == "input")
+
+
 def _write_summary(config: PipelineConfig, job: str, run_id: str, summary: dict) -> str:
     runs = os.path.join(config.workdir, "runs")
     if "://" in runs:  # remote workdir: the summary goes to stdout only
@@ -111,8 +127,9 @@ def run_job(
     log.info("%s run %s with config %s", job, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job}")
     try:
+        prepare_storage(spark, config, job)
         summary = {"job": job, "run_id": run_id, **run(spark, config, args, run_id)}
-    except (ConfigError, FileNotFoundError, TableVersionError) as e:
+    except (ConfigError, FileNotFoundError, TableVersionError, storage.StorageError) as e:
         # Bad settings or inputs found once Spark is up (missing input path, unknown version): no traceback.
         print(f"{job}: error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -242,6 +242,28 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """How to reach S3 or an S3-compatible server. Credentials never go here: they come from the standard
+    AWS environment variables, a profile or the instance role, as the AWS SDKs find them."""
+
+    endpoint: Optional[str] = None  # None: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS itself
+    path_style: Optional[bool] = None  # None: true when an endpoint is set (S3-compatible servers)
+    region: Optional[str] = None  # None: $AWS_REGION or $AWS_DEFAULT_REGION
+
+    def validate(self) -> None:
+        if self.endpoint is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+/?", self.endpoint):
+            raise ConfigError(f"storage.s3.endpoint must be http(s)://host[:port], got {self.endpoint!r}")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    s3: S3Config = field(default_factory=S3Config)
+
+    def validate(self) -> None:
+        self.s3.validate()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     input: Optional[str] = None
     warehouse: str = ".work/warehouse"
@@ -250,11 +272,13 @@ class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> None:
         for name in ("warehouse", "output", "workdir"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must be a path, got {getattr(self, name)!r}")
+        self.storage.validate()
         self.ingest.validate()
         self.preprocess.validate()
         self.export.validate()

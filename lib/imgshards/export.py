@@ -3,7 +3,8 @@
 Each export is written into a new version folder ``<output>/v-<run_id>/`` and published by atomically
 replacing ``<output>/manifest.json``, which names that folder: a reader never sees a half-written dataset,
 a reader that opened the previous version keeps reading it whole, and the last ``export.keep_versions``
-versions are kept.
+versions are kept. A manifest names its files relative to its own folder, so a copy of the export (another
+folder, another bucket, S3 -> local disk) reads the same.
 
 With the default ``compressed`` codec the processed JPEG/PNG bytes are written as they are (that is what
 Petastorm's CompressedImageCodec stores); ``ndarray`` stores decoded uint8 arrays (NdarrayCodec).
@@ -14,8 +15,10 @@ import datetime as dt
 import json
 import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -45,9 +48,27 @@ class ExportResult:
     counts: dict = field(default_factory=dict)  # split -> class name -> rows
 
 
+MANIFEST_FORMAT = 2  # 2: split paths relative to the manifest's folder; 1 (no field): absolute URLs
+
+
 def dataset_url(path: str) -> str:
     """Petastorm wants URLs: a bare local path becomes file://."""
     return path if "://" in path else "file://" + path
+
+
+def _materialize(spark: SparkSession, url: str, schema, row_group_size_mb: int):
+    """Petastorm's ``materialize_dataset`` for ``url``; on object stores through a pyarrow file system of
+    ours, since Petastorm 0.12's own resolver has none that works there with pyarrow 14 (it parses the URL
+    only for its path, hence the file:// form of the same path)."""
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    from imgshards.petastorm_fs import filesystem_factory
+
+    if not storage.is_object_store(url):
+        return materialize_dataset(spark, url, schema, row_group_size_mb)
+    parsed = urlparse(url)
+    return materialize_dataset(spark, f"file:///{parsed.netloc}{parsed.path}", schema, row_group_size_mb,
+                               filesystem_factory=filesystem_factory(url, *storage.s3_settings(spark)))
 
 
 def _decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -81,12 +102,12 @@ def normalization_stats(train: DataFrame) -> Optional[dict]:
     return {"mean": mean, "std": std, "pixels": n}
 
 
-def row_groups(url: str) -> list:
+def row_groups(spark: SparkSession, url: str) -> list:
     """The Parquet row groups of a written split, in file order: [{file, index, rows}]."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    fs, root = pafs.FileSystem.from_uri(url)
+    fs, root = storage.arrow_fs(spark, url)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
     files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
     groups = []
@@ -99,31 +120,47 @@ def row_groups(url: str) -> list:
 
 
 def publish_manifest(spark: SparkSession, output: str, text: str) -> None:
-    """Replace ``<output>/manifest.json`` atomically (local: os.replace; Hadoop: write then rename)."""
+    """Replace ``<output>/manifest.json`` so that readers always find one, the old or the new: locally by
+    os.replace, on object stores by one PUT (which replaces an object atomically), elsewhere (HDFS) by a
+    write and a rename."""
     target = join_path(output, MANIFEST_FILE)
-    temporary = target + ".tmp"
     if "://" not in output:
+        temporary = target + ".tmp"
         with open(temporary, "w") as f:
             f.write(text)
         os.replace(temporary, target)
-        return
-    storage.write_text(spark, temporary, text)
-    storage.delete(spark, target)  # object stores have no atomic replace; the window is one rename
-    storage.rename(spark, temporary, target)
+    elif storage.is_object_store(output):
+        storage.write_text(spark, target, text)
+    else:
+        temporary = target + ".tmp"
+        storage.write_text(spark, temporary, text)
+        storage.delete(spark, target)
+        storage.rename(spark, temporary, target)
 
 
-def _previous_versions(output: str) -> list:
-    if "://" in output or not os.path.isdir(output):
-        return []
-    names = [name for name in os.listdir(output) if name.startswith(VERSION_PREFIX)]
-    return sorted(names, key=lambda name: os.path.getmtime(os.path.join(output, name)))
+def _previous_versions(spark: SparkSession, output: str) -> list:
+    """The version folders under ``output``, oldest first (by the time their manifest was written)."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.arrow_fs(spark, output)
+    folders = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+               if i.type == pafs.FileType.Directory and i.base_name.startswith(VERSION_PREFIX)]
+    manifests = fs.get_file_info([f"{i.path}/{MANIFEST_FILE}" for i in folders])
+    written = [(m.mtime_ns if m.type == pafs.FileType.File else 0, f.base_name) for f, m in zip(folders, manifests)]
+    return [name for _, name in sorted(written)]
+
+
+def _manifest_text(manifest: dict, prefix: str) -> str:
+    """The manifest with each split's path relative to the folder it is written in (``prefix``: that folder
+    relative to the export root, "" for the root itself)."""
+    splits = {name: {**info, "path": posixpath.relpath(info["path"], prefix or ".")}
+              for name, info in manifest["splits"].items()}
+    return json.dumps({**manifest, "splits": splits}, indent=2, default=list)
 
 
 def run_export(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> ExportResult:
-    from petastorm.etl.dataset_metadata import materialize_dataset
-
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
@@ -164,10 +201,10 @@ def run_export(
                 rows = rows.mapInPandas(_decode_to_npy, rows.schema)
             # Shuffled before writing, so every row group mixes classes.
             rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
-            with materialize_dataset(spark, url, schema, export.row_group_size_mb):
+            with _materialize(spark, url, schema, export.row_group_size_mb):
                 rows.write.mode("overwrite").parquet(url)
-            groups = row_groups(url)
-            splits[split] = {"url": url, "rows": sum(counts[split].values()), "per_class": counts[split],
+            groups = row_groups(spark, url)
+            splits[split] = {"path": f"{version_name}/{split}", "rows": sum(counts[split].values()), "per_class": counts[split],
                              "augmented": augmented[split], "row_groups": groups}
             if sum(g["rows"] for g in groups) != splits[split]["rows"]:
                 raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
@@ -177,10 +214,11 @@ def run_export(
         samples.unpersist()
 
     manifest = {
+        "manifest_format": MANIFEST_FORMAT,
         "package_version": imgshards.__version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "run_id": run_id,
-        "version_dir": version_dir,
+        "version_dir": version_name,
         "source": {"table": config.table_path(IMAGES_TABLE), "version": version},
         "processed_table": config.table_path(PROCESSED_TABLE),
         "config_fingerprint": fingerprint,
@@ -194,13 +232,12 @@ def run_export(
         "classes": classes,
         "splits": splits,
     }
-    text = json.dumps(manifest, indent=2, default=list)
     classes_text = json.dumps({"classes": [{"index": i, "name": n} for i, n in enumerate(classes)]}, indent=2)
-    storage.write_text(spark, join_path(version_dir, MANIFEST_FILE), text)
+    storage.write_text(spark, join_path(version_dir, MANIFEST_FILE), _manifest_text(manifest, version_name))
     storage.write_text(spark, join_path(version_dir, CLASSES_FILE), classes_text)
     storage.write_text(spark, join_path(output, CLASSES_FILE), classes_text)
-    publish_manifest(spark, output, text)
-    for old in _previous_versions(output)[: -export.keep_versions]:
-        if old != version_name:
+    publish_manifest(spark, output, _manifest_text(manifest, ""))
+    for old in _previous_versions(spark, output)[: -export.keep_versions]:
+        if old != version_name:  # the version just published is never removed
             storage.delete(spark, join_path(output, old))
     return ExportResult(output=output, version_dir=version_dir, source_version=version, classes=classes, counts=counts)

@@ -57,19 +57,28 @@ def normalize_chw(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN,
     return out
 
 
-def _filesystem(url: str):
-    import pyarrow.fs as pafs
+def _filesystem(url: str, s3_endpoint: Optional[str] = None):
+    from imgshards.filesystems import arrow_filesystem
 
-    if "://" not in url:
-        url = "file://" + os.path.abspath(url)
-    return pafs.FileSystem.from_uri(url)
+    return arrow_filesystem(url, s3_endpoint)
 
 
-def read_manifest(url: str) -> dict:
-    """The manifest of an export: ``url`` is the export root (or one version folder), local or remote."""
-    fs, path = _filesystem(url)
+def _as_url(location: str) -> str:
+    return location.rstrip("/") if "://" in location else "file://" + os.path.abspath(location)
+
+
+def read_manifest(url: str, s3_endpoint: Optional[str] = None) -> dict:
+    """The manifest of an export: ``url`` is the export root (or one version folder), local or remote.
+    Each split's ``url`` is resolved against where the manifest was read from (its files are named
+    relative to it), so a copy of an export reads from where the copy is; manifests from before that
+    carry absolute URLs and are read as they are."""
+    fs, path = _filesystem(url, s3_endpoint)
     with fs.open_input_stream(path.rstrip("/") + "/" + MANIFEST_FILE) as f:
-        return json.loads(f.read().decode("utf-8"))
+        manifest = json.loads(f.read().decode("utf-8"))
+    for info in manifest["splits"].values():
+        if "path" in info:
+            info["url"] = f"{_as_url(url)}/{info['path']}"
+    return manifest
 
 
 def decode_image(value: bytes, codec: str) -> np.ndarray:
@@ -108,8 +117,9 @@ class ShardedImageLoader:
 
     def __init__(self, manifest: dict, split: str, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
                  cur_shard: int, shard_count: int, transform: Optional[Callable], workers: int, backend: str,
-                 remainder: str, shuffle_buffer: int, collate: bool):
+                 remainder: str, shuffle_buffer: int, collate: bool, s3_endpoint: Optional[str] = None):
         self.manifest = manifest
+        self.s3_endpoint = s3_endpoint
         self.split = split
         self.split_info = manifest["splits"][split]
         self.url = self.split_info["url"]
@@ -155,7 +165,7 @@ class ShardedImageLoader:
         if self._ids is None:
             import pyarrow.parquet as pq
 
-            fs, root = _filesystem(self.url)
+            fs, root = _filesystem(self.url, self.s3_endpoint)
             by_file: dict = {}
             for group in self.split_info["row_groups"]:
                 by_file.setdefault(group["file"], []).append(group["index"])
@@ -249,7 +259,7 @@ class ShardedImageLoader:
     def _arrow_samples(self) -> Iterator[dict]:
         import pyarrow.parquet as pq
 
-        fs, root = _filesystem(self.url)
+        fs, root = _filesystem(self.url, self.s3_endpoint)
         groups = self.split_info["row_groups"]
         cache: dict = {}
         for g, row, sample_id in self.plan()[self.position :]:
@@ -277,9 +287,20 @@ class ShardedImageLoader:
         counts: dict = {}
         for sample_id in remaining:
             counts[sample_id] = counts.get(sample_id, 0) + 1
-        with make_reader(self.url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
+        url, filesystem = self.url, None
+        if not self.url.startswith(("file:", "hdfs:")):
+            # Petastorm 0.12 resolves object stores through fsspec plugins it cannot use with pyarrow 14; it
+            # gets our pyarrow file system instead, and the URL only for its path (see imgshards.petastorm_fs).
+            from urllib.parse import urlparse
+
+            from imgshards.petastorm_fs import filesystem_factory
+
+            filesystem = filesystem_factory(self.url, self.s3_endpoint)()
+            parsed = urlparse(self.url)
+            url = f"file:///{parsed.netloc}{parsed.path}"
+        with make_reader(url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
                          seed=self.seed + self.epoch, workers_count=max(self.workers, 1), reader_pool_type="thread",
-                         schema_fields=list(FIELDS)) as reader:
+                         schema_fields=list(FIELDS), filesystem=filesystem) as reader:
             for row in reader:
                 for _ in range(counts.pop(getattr(row, ID), 0)):
                     yield {name: getattr(row, name) for name in FIELDS}
@@ -305,9 +326,11 @@ def make_dataloader(
     remainder: str = "drop",
     shuffle_buffer: int = 1024,
     collate: bool = True,
+    s3_endpoint: Optional[str] = None,
 ) -> ShardedImageLoader:
     """A loader over ``split`` of the export at ``url`` (its root, local path or file://, s3://, gs://,
-    hdfs:// URL). ``transform`` maps an H x W x 3 uint8 array to the model's input (default: ImageNet
+    hdfs:// URL; ``s3_endpoint`` or ``$AWS_ENDPOINT_URL_S3``/``$AWS_ENDPOINT_URL`` name an S3-compatible
+    server, credentials come from the environment as for any AWS SDK). ``transform`` maps an H x W x 3 uint8 array to the model's input (default: ImageNet
     normalization to 3 x H x W float32). Under ``torch.distributed`` the shard and shard count default to
     the rank and world size. ``collate=False`` yields numpy arrays instead of torch tensors."""
     if backend not in BACKENDS:
@@ -321,9 +344,10 @@ def make_dataloader(
     shard_count = world if shard_count is None else shard_count
     if not 0 <= cur_shard < shard_count:
         raise ValueError(f"cur_shard must be in 0..{shard_count - 1}, got {cur_shard!r}")
-    manifest = read_manifest(url)
+    manifest = read_manifest(url, s3_endpoint)
     if split not in manifest["splits"]:
         raise ValueError(f"split {split!r} is not in the export at {url}; it has {sorted(manifest['splits'])}")
     return ShardedImageLoader(manifest, split, batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                               cur_shard=cur_shard, shard_count=shard_count, transform=transform, workers=workers,
-                              backend=backend, remainder=remainder, shuffle_buffer=shuffle_buffer, collate=collate)
+                              backend=backend, remainder=remainder, shuffle_buffer=shuffle_buffer, collate=collate,
+                              s3_endpoint=s3_endpoint)

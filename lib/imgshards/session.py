@@ -47,6 +47,8 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.jars", ",".join(delta_jars()))
+        # The S3A connector of scripts/setup.sh (.jars/s3/), for s3a:// and s3:// URLs.
+        .config("spark.driver.extraClassPath", os.path.join(PROJECT_ROOT, ".jars", "s3", "*"))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.host", "127.0.0.1")
