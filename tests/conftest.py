@@ -5,6 +5,9 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -28,6 +31,50 @@ def trusted_dali_decoder():
 
     transform._DALI_DECODER_FAILED = False
     yield
+
+
+# What the tests sign S3 requests with: they only ever talk to the S3 server they start on 127.0.0.1.
+TEST_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "imgshards-test-key", "AWS_SECRET_ACCESS_KEY": "imgshards-test-secret",
+                        "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_credentials():
+    """Test credentials in the environment before the test JVM starts, since S3A reads them from the
+    environment of the process it runs in (autouse: set up before the spark fixture)."""
+    saved = {k: os.environ.get(k) for k in TEST_AWS_CREDENTIALS}
+    os.environ.update(TEST_AWS_CREDENTIALS)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on 127.0.0.1: moto's server, in its own process, stopped after the tests."""
+    pytest.importorskip("moto", reason="moto[server] is in the dev extra")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    try:
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -144,6 +144,12 @@ def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
     if is_s3(base):
         yield from _list_s3(spark, base)
         return
+    yield from list_hadoop(spark, base)
+
+
+def list_hadoop(spark: SparkSession, base: str) -> Iterator[ListedFile]:
+    """Hadoop's recursive listFiles under the qualified ``base``: one py4j round trip per file."""
+    fs, path = _fs_and_path(spark, base)
     files = fs.listFiles(path, True)
     while files.hasNext():
         st = files.next()
