@@ -52,13 +52,14 @@ def aws_test_credentials():
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 API on 127.0.0.1: moto's server, in its own process, stopped after the tests."""
+@contextlib.contextmanager
+def moto_server(**env: str):
+    """A real S3 API on 127.0.0.1: moto's server in its own process (``env``: its settings); yields the
+    endpoint URL and stops the server."""
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -75,6 +76,13 @@ def s3_endpoint():
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The S3 server the object-storage tests share."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, TEST_AWS_CREDENTIALS, free_port
+from conftest import ROOT, TEST_AWS_CREDENTIALS, free_port, moto_server
 from imgshards import cli
 from imgshards.config import load_config
 from imgshards.filesystems import s3_filesystem
@@ -258,6 +258,17 @@ def test_a_bad_location_fails_at_start_naming_the_url_and_the_cause(spark, s3, s
     assert url in output and cause in output, output
     assert "Py4J" not in output and "Traceback" not in output
     assert not os.path.exists(tmp_path / "delta")  # nothing half-written
+
+
+def test_rejected_credentials_fail_at_start_naming_the_cause(spark, tmp_path, capsys):
+    # A server that checks signatures against its own (empty) set of keys: ours are unknown to it.
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        code, output = run_ingest_job(["--input", "s3a://photos/raw", "--warehouse", str(tmp_path / "delta"),
+                                       "--set", f"storage.s3.endpoint={endpoint}", "--set", f"workdir={tmp_path}"],
+                                      capsys)
+    assert code == 2, output
+    assert "s3a://photos/raw" in output and "credentials were rejected" in output, output
+    assert TEST_AWS_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in output
 
 
 def test_credentials_from_the_environment_reach_no_log_or_summary(s3_pipeline, spark):
