@@ -103,6 +103,14 @@ def test_pipeline_s3a_to_s3a_accounts_for_every_object(s3_pipeline, s3):
     assert written["manifest_format"] == 2 and "s3a://" not in json.dumps(written["splits"])  # relative paths
 
 
+def test_history_reads_the_tables_on_s3(s3_pipeline, spark):
+    from imgshards import tables
+
+    config, _, _ = s3_pipeline
+    [latest, *_] = tables.history(spark, config.table_path("images"), 5)
+    assert latest["run_id"] == "s3-run" and latest["job"] == "ingest"
+
+
 def test_independent_readers_count_what_the_job_reported(s3_pipeline, s3_endpoint):
     config, summary, _ = s3_pipeline
     deltalake = pytest.importorskip("deltalake", reason="deltalake (delta-rs) needs Python >= 3.10")
@@ -303,3 +311,31 @@ assert 'pyspark' not in sys.modules and 'petastorm' not in sys.modules
                             text=True, timeout=600, env={**os.environ, "AWS_ENDPOINT_URL": s3_endpoint})
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) == summary["export"]["rows"]["train"]
+
+
+def test_an_object_gone_between_listing_and_reading_is_quarantined_as_unreadable(spark, s3, s3_endpoint, tmp_path,
+                                                                                  monkeypatch):
+    from imgshards import ingest as ingest_module
+
+    fs, bucket = s3
+    bucket("vanishing")
+    local = tmp_path / "raw"
+    manifest = make_sample_dataset(str(local), per_class=4, seed=2)
+    copy_tree(pafs.LocalFileSystem(), str(local), fs, "vanishing/raw")
+    victim = next(i.path for i in fs.get_file_info(pafs.FileSelector("vanishing/raw", recursive=True))
+                  if i.path.endswith(".png"))
+    real_read_files = ingest_module.read_files
+
+    def read_then_delete(*args, **kwargs):
+        files = real_read_files(*args, **kwargs)  # Spark has listed the objects
+        fs.delete_file(victim)  # and one goes before its task reads it
+        return files
+
+    monkeypatch.setattr(ingest_module, "read_files", read_then_delete)
+    config = s3_config(s3_endpoint, input="s3a://vanishing/raw", warehouse=str(tmp_path / "delta"), workdir=str(tmp_path))
+    cli.prepare_storage(spark, config, "ingest")
+    counts = ingest_module.run_ingest(spark, config, config.input, "vanish")
+    assert counts.seen == manifest.files == accounted(dataclasses.asdict(counts))
+    assert counts.quarantine_reasons.get("unreadable") == 1
+    row = spark.read.format("delta").load(config.table_path("quarantine")).filter("reason = 'unreadable'").collect()
+    assert [r["path"] for r in row] == [f"s3a://{victim}"] and "gone" in row[0]["detail"]

@@ -231,6 +231,10 @@ def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, 
     )
     if stream:
         reader = reader.schema(BINARY_FILE_SCHEMA).option("maxFilesPerTrigger", config.ingest.stream.max_files_per_trigger)
+    else:
+        # A file deleted between the listing and the read is skipped, not a failed job; the batch run
+        # quarantines it from its own listing (ingest_batch's ``listed``).
+        reader = reader.option("ignoreMissingFiles", "true")
     return reader.load(input_root).select("path", "length", "content")
 
 
@@ -347,9 +351,12 @@ def ingest_batch(
     *,
     rejected: Sequence[tuple] = (),
     labels: Optional[DataFrame] = None,
+    listed: Optional[dict] = None,
 ) -> IngestCounts:
     """Probe ``files`` (path, length, content) and MERGE them into the tables. ``rejected`` holds
-    (path, size_bytes, reason, detail) decided before reading (from the listing). Returns checked counts."""
+    (path, size_bytes, reason, detail) decided before reading (from the listing). ``listed`` (path ->
+    size in bytes, the image files the listing found): any of them that Spark did not read, because it
+    disappeared between the listing and the read, is quarantined as ``unreadable``. Returns checked counts."""
     ingest = config.ingest
     probe = functools.partial(
         _probe_batches, base=base, max_pixels=ingest.max_pixels, labels=ingest.labels,
@@ -378,12 +385,24 @@ def ingest_batch(
     probed = probed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = IngestCounts(batches=1)
-        counts.seen = probed.count() + oversized.count() + len(rejected)
+        read = probed.count() + oversized.count()
+        if listed is not None and read < len(listed):
+            rejected = list(rejected) + _vanished(listed, probed, oversized)
+        counts.seen = read + len(rejected)
         _write(spark, config, readable, probed, oversized, rejected, counts, run_id)
     finally:
         probed.unpersist()
     counts.check()
     return counts
+
+
+def _vanished(listed: dict, probed: DataFrame, oversized: DataFrame) -> list:
+    """Rejections for the listed files Spark did not read (gone between the listing and the read; the
+    scan skips missing files instead of failing the job). Only run when the counts say some are missing."""
+    read = {r["path"] for r in probed.select("path").union(oversized.select("path")).collect()}
+    gone = sorted(set(listed) - read)
+    log.warning("%d listed file(s) were gone when read, quarantined as unreadable, e.g. %s", len(gone), gone[:3])
+    return [(path, listed[path], "unreadable", "listed, then gone before it was read") for path in gone]
 
 
 def _quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, run_id: str) -> DataFrame:
@@ -537,7 +556,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     ingest = config.ingest
     listing = list(storage.list_files(spark, input_root))
     skipped_hidden = skipped_non_image = 0
-    rejected, candidates = [], 0
+    rejected, candidates = [], {}
     for f in listing:
         if is_hidden(f.relative):
             skipped_hidden += 1
@@ -547,15 +566,15 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
             # Spark's file scan skips empty files, so they are accounted for from the listing.
             rejected.append((f.path, 0, "zero_byte", "0 bytes"))
         else:
-            candidates += 1
-    log.info("listed %d files under %s: %d image candidates", len(listing), input_root, candidates)
+            candidates[f.path] = f.size_bytes
+    log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     base = storage.qualify(spark, input_root).rstrip("/")
     counts = ingest_batch(spark, config, read_files(spark, input_root, config), base, run_id,
-                          rejected=rejected, labels=labels)
-    if counts.seen - len(rejected) != candidates:
-        raise RuntimeError(f"listed {candidates} image files under {input_root} but Spark read "
-                           f"{counts.seen - len(rejected)}; files changed during the run?")
+                          rejected=rejected, labels=labels, listed=candidates)
+    if counts.seen - len(rejected) < len(candidates):
+        raise RuntimeError(f"listed {len(candidates)} image files under {input_root} but accounted for "
+                           f"{counts.seen - len(rejected)}")
     counts.seen += skipped_hidden + skipped_non_image
     counts.skipped_hidden, counts.skipped_non_image = skipped_hidden, skipped_non_image
     counts.check()
