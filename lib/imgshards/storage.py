@@ -81,7 +81,8 @@ def check_s3_location(spark: SparkSession, url: str, *, need_objects: bool = Fal
     try:
         if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise StorageError(f"{url}: bucket {bucket!r} does not exist at {endpoint}")
-        if need_objects and not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True)):
+        # One level (one delimited page), not the whole prefix: ingest lists it all right after.
+        if need_objects and not fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
             raise InputPathError(f"input path does not exist or holds no objects: {url}")
     except OSError as e:
         if isinstance(e, (StorageError, InputPathError)):
@@ -91,8 +92,7 @@ def check_s3_location(spark: SparkSession, url: str, *, need_objects: bool = Fal
 
 def _s3_cause(message: str) -> str:
     text = message.upper()
-    if "ACCESS_DENIED" in text or "INVALID_ACCESS_KEY" in text or "SIGNATURE" in text or "FORBIDDEN" in text \
-            or "403" in text:
+    if "ACCESS_DENIED" in text or "INVALID_ACCESS_KEY" in text or "SIGNATURE" in text or "FORBIDDEN" in text:
         return "the credentials were rejected (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profile or role)"
     if "CONNECT" in text or "NETWORK" in text or "TIMEOUT" in text or "RESOLVE" in text:
         return "the S3 endpoint cannot be reached"
