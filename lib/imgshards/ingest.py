@@ -533,13 +533,22 @@ def _near_duplicate_clusters(spark, config: PipelineConfig, accepted: DataFrame,
 
 
 def _labels_report(spark, config: PipelineConfig, labels: DataFrame, relatives: list) -> dict:
-    """Labels-file entries that name no file under the input, with examples."""
+    """Labels-file entries that name no file under the input, with examples, and among them those that point
+    outside the input root (absolute paths, URLs, ``..``). Files are only ever read from the input's own
+    listing, so no entry can make ingest read anything; these are reported so that they can be fixed."""
     listed = spark.createDataFrame([(r,) for r in relatives], "relative string")
     keys = listed.select(_label_key(F.col("relative"), config.ingest.labels).alias("label_key"))
-    unmatched = labels.join(keys, "label_key", "left_anti")
-    return {"labels_file": config.ingest.labels.file, "entries": labels.count(),
-            "entries_without_file": unmatched.count(),
-            "entries_without_file_examples": [r[0] for r in unmatched.select("label_key").limit(EXAMPLES).collect()]}
+    unmatched = labels.join(keys, "label_key", "left_anti").persist()
+    key = F.col("label_key")
+    outside = unmatched.filter(key.startswith("/") | key.contains("://") | key.rlike(r"(^|[/\\])\.\.([/\\]|$)"))
+    try:
+        return {"labels_file": config.ingest.labels.file, "entries": labels.count(),
+                "entries_without_file": unmatched.count(),
+                "entries_without_file_examples": [r[0] for r in unmatched.select("label_key").limit(EXAMPLES).collect()],
+                "entries_outside_input": outside.count(),
+                "entries_outside_input_examples": [r[0] for r in outside.select("label_key").limit(EXAMPLES).collect()]}
+    finally:
+        unmatched.unpersist()
 
 
 def _unlabeled_report(spark, config: PipelineConfig, counts: IngestCounts, run_id: str) -> None:
