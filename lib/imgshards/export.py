@@ -18,7 +18,6 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ from pyspark.sql import functions as F
 import imgshards
 from imgshards import imaging, storage, tables
 from imgshards.config import PipelineConfig, join_path
+from imgshards.filesystems import is_object_store
 from imgshards.preprocess import select_current
 from imgshards.schemas import IMAGES_TABLE, PROCESSED_TABLE, SPLITS, export_unischema
 
@@ -57,18 +57,13 @@ def dataset_url(path: str) -> str:
 
 
 def _materialize(spark: SparkSession, url: str, schema, row_group_size_mb: int):
-    """Petastorm's ``materialize_dataset`` for ``url``; on object stores through a pyarrow file system of
-    ours, since Petastorm 0.12's own resolver has none that works there with pyarrow 14 (it parses the URL
-    only for its path, hence the file:// form of the same path)."""
+    """Petastorm's ``materialize_dataset`` for ``url``, object stores included (imgshards.petastorm_fs)."""
     from petastorm.etl.dataset_metadata import materialize_dataset
 
-    from imgshards.petastorm_fs import filesystem_factory
+    from imgshards.petastorm_fs import petastorm_location
 
-    if not storage.is_object_store(url):
-        return materialize_dataset(spark, url, schema, row_group_size_mb)
-    parsed = urlparse(url)
-    return materialize_dataset(spark, f"file:///{parsed.netloc}{parsed.path}", schema, row_group_size_mb,
-                               filesystem_factory=filesystem_factory(url, *storage.s3_settings(spark)))
+    location, factory = petastorm_location(url, *storage.s3_settings(spark))
+    return materialize_dataset(spark, location, schema, row_group_size_mb, filesystem_factory=factory)
 
 
 def _decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -129,7 +124,7 @@ def publish_manifest(spark: SparkSession, output: str, text: str) -> None:
         with open(temporary, "w") as f:
             f.write(text)
         os.replace(temporary, target)
-    elif storage.is_object_store(output):
+    elif is_object_store(output):
         storage.write_text(spark, target, text)
     else:
         temporary = target + ".tmp"

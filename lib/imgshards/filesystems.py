@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 S3_SCHEMES = ("s3", "s3a")
+# Object stores replace an object with one PUT atomically; they have no atomic rename.
+OBJECT_STORE_SCHEMES = S3_SCHEMES + ("gs", "gcs", "abfs", "abfss", "wasb", "wasbs")
 
 
 def s3_endpoint(endpoint: Optional[str] = None) -> Optional[str]:
@@ -26,6 +28,10 @@ def s3_region(region: Optional[str] = None) -> Optional[str]:
 
 def is_s3(url: str) -> bool:
     return urlparse(url).scheme in S3_SCHEMES
+
+
+def is_object_store(url: str) -> bool:
+    return urlparse(url).scheme in OBJECT_STORE_SCHEMES
 
 
 def s3_filesystem(endpoint: Optional[str] = None, path_style: Optional[bool] = None, region: Optional[str] = None,

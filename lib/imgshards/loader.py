@@ -287,17 +287,10 @@ class ShardedImageLoader:
         counts: dict = {}
         for sample_id in remaining:
             counts[sample_id] = counts.get(sample_id, 0) + 1
-        url, filesystem = self.url, None
-        if not self.url.startswith(("file:", "hdfs:")):
-            # Petastorm 0.12 resolves object stores through fsspec plugins it cannot use with pyarrow 14; it
-            # gets our pyarrow file system instead, and the URL only for its path (see imgshards.petastorm_fs).
-            from urllib.parse import urlparse
+        from imgshards.petastorm_fs import petastorm_location
 
-            from imgshards.petastorm_fs import filesystem_factory
-
-            filesystem = filesystem_factory(self.url, self.s3_endpoint)()
-            parsed = urlparse(self.url)
-            url = f"file:///{parsed.netloc}{parsed.path}"
+        url, factory = petastorm_location(self.url, self.s3_endpoint)  # object stores: our file system
+        filesystem = factory() if factory else None
         with make_reader(url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
                          seed=self.seed + self.epoch, workers_count=max(self.workers, 1), reader_pool_type="thread",
                          schema_fields=list(FIELDS), filesystem=filesystem) as reader:

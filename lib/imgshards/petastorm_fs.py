@@ -6,12 +6,13 @@ GCS, HDFS, local) that legacy face, so ``materialize_dataset`` writes to object 
 from __future__ import annotations
 
 import posixpath
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
+from urllib.parse import urlparse
 
 import pyarrow.filesystem as legacyfs
 import pyarrow.fs as pafs
 
-from imgshards.filesystems import arrow_filesystem
+from imgshards.filesystems import arrow_filesystem, is_object_store
 
 
 class LegacyArrowFileSystem(legacyfs.FileSystem):
@@ -80,3 +81,14 @@ def filesystem_factory(url: str, endpoint=None, path_style=None, region=None) ->
         return LegacyArrowFileSystem(arrow_filesystem(url, endpoint, path_style, region)[0])
 
     return factory
+
+
+def petastorm_location(url: str, endpoint=None, path_style=None,
+                       region=None) -> tuple[str, Optional[Callable[[], LegacyArrowFileSystem]]]:
+    """(URL, file-system factory) to hand Petastorm for ``url``: on object stores the ``file://`` form of the
+    same path (Petastorm 0.12 parses the URL only for its path, and its own resolver has no object-store file
+    system that works with pyarrow 14) with our factory; anything else as it is, with no factory."""
+    if not is_object_store(url):
+        return url, None
+    parsed = urlparse(url)
+    return f"file:///{parsed.netloc}{parsed.path}", filesystem_factory(url, endpoint, path_style, region)

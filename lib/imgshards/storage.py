@@ -18,8 +18,6 @@ from pyspark.sql import SparkSession
 from imgshards.config import PipelineConfig
 from imgshards.filesystems import arrow_filesystem, is_s3, s3_endpoint, s3_region
 
-# Object stores replace an object with one PUT atomically; they have no atomic rename.
-OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "abfs", "abfss", "wasb", "wasbs")
 # Fail fast on an unreachable or misconfigured S3 endpoint instead of S3A's minutes of retries.
 CHECK_TIMEOUT_S = 10.0
 
@@ -30,10 +28,6 @@ class InputPathError(FileNotFoundError):
 
 class StorageError(OSError):
     """A location that cannot be used: unreachable endpoint, missing bucket, rejected credentials."""
-
-
-def is_object_store(url: str) -> bool:
-    return urlparse(url).scheme in OBJECT_STORE_SCHEMES
 
 
 def configure_hadoop(spark: SparkSession, config: PipelineConfig) -> None:
