@@ -53,29 +53,36 @@ def aws_test_credentials():
 
 
 @contextlib.contextmanager
+def server_process(command: list, ready_url: str, env: dict = None):
+    """Start a test server (``command``), wait until ``ready_url`` answers, yield, then stop it."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(ready_url, timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"{command[0]} did not start")
+            time.sleep(0.1)
+    try:
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@contextlib.contextmanager
 def moto_server(**env: str):
     """A real S3 API on 127.0.0.1: moto's server in its own process (``env``: its settings); yields the
     endpoint URL and stops the server."""
     pytest.importorskip("moto", reason="moto[server] is in the dev extra")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint + "/moto-api/", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
-    try:
+    with server_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                        endpoint + "/moto-api/", env={**os.environ, **env}):
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

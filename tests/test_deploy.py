@@ -45,7 +45,7 @@ def read(relpath: str) -> str:
 
 
 def test_definitions_are_what_the_contract_generates(files):
-    assert len(files) == 12
+    assert len(files) == 14
     for relpath, text in files.items():
         assert read(relpath) == text, f"deploy/{relpath} differs from the contract: run scripts/gen_deploy.py"
     committed = {os.path.relpath(p, DEPLOY) for p in glob.glob(os.path.join(DEPLOY, "**", "*.*"), recursive=True)
@@ -54,8 +54,8 @@ def test_definitions_are_what_the_contract_generates(files):
 
 
 def test_every_job_run_in_the_definitions_is_a_real_invocation(files):
-    # Databricks 3 tasks, EMR Serverless 3, EMR on EC2 3 + 3 (GPU), Kubernetes 3 + 1 (GPU preprocess).
-    assert deploy.check_definitions(files) == 16
+    # Databricks 4 tasks, EMR Serverless 4, EMR on EC2 4 + 4 (GPU), Kubernetes 4 + 1 (GPU preprocess).
+    assert deploy.check_definitions(files) == 21
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -131,7 +131,7 @@ def test_databricks_bundle_validates(files):
     bundle, resources = databricks_definitions(files)
     validate_databricks_bundle(bundle, resources, os.path.join(DEPLOY, "databricks"))
     job = resources["resources"]["jobs"]["imgshards"]
-    assert [t["task_key"] for t in job["tasks"]] == ["ingest", "preprocess", "export"]
+    assert [t["task_key"] for t in job["tasks"]] == ["ingest", "preprocess", "export", "report"]
     assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
     assert {t["job_cluster_key"] for t in job["tasks"]} == {"cpu", "gpu"}
 
@@ -306,7 +306,7 @@ def validate_spark_application(app: dict, schema: dict) -> None:
 
 def test_spark_applications_validate_against_the_operator_crd(files, spark_application_schema):
     apps = {relpath: yaml.safe_load(text) for relpath, text in files.items() if relpath.startswith("kubernetes/")}
-    assert len(apps) == 4
+    assert len(apps) == 5
     for app in apps.values():
         validate_spark_application(app, spark_application_schema)
     gpu = apps["kubernetes/imgshards-preprocess-gpu.yaml"]["spec"]

@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 import warnings
 from typing import Callable, Optional, Sequence
 
-from imgshards import storage
+from imgshards import metrics, progress, storage, tables
 from imgshards.config import ConfigError, PipelineConfig, load_config, resolve_local
+from imgshards.schemas import TABLES
 from imgshards.tables import TableVersionError
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,8 @@ def get_spark(app_name: str):
 
 # Which locations each job reads (input) or writes (output): checked at start, before any work.
 _JOB_LOCATIONS = {"ingest": ("input", "warehouse"), "pipeline": ("input", "warehouse", "output"),
-                  "preprocess": ("warehouse",), "export": ("warehouse", "output"), "history": ("warehouse",)}
+                  "preprocess": ("warehouse",), "export": ("warehouse", "output"), "report": ("warehouse", "output"),
+                  "history": ("warehouse",)}
 
 
 def prepare_storage(spark, config: PipelineConfig, job: str) -> None:
@@ -116,6 +119,7 @@ def run_job(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Petastorm 0.12 calls pyarrow APIs that pyarrow 14 marks deprecated; they work, the warnings are noise.
+    # (Executors: spark.executorEnv.PYTHONWARNINGS in spark-defaults.conf.)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
     args = parser.parse_args(argv)
     try:
@@ -128,7 +132,12 @@ def run_job(
     spark = get_spark(f"imgshards-{job}")
     try:
         prepare_storage(spark, config, job)
-        summary = {"job": job, "run_id": run_id, **run(spark, config, args, run_id)}
+        started = time.monotonic()
+        with progress.track(spark, config.progress.interval_seconds, job):
+            summary = {"job": job, "run_id": run_id, **run(spark, config, args, run_id)}
+        summary.setdefault("seconds", {})[job] = round(time.monotonic() - started, 3)
+        if "warehouse" in _JOB_LOCATIONS.get(job, ()):
+            summary["delta_versions"] = {t: tables.log_version(spark, config.table_path(t)) for t in TABLES}
     except (ConfigError, FileNotFoundError, TableVersionError, storage.StorageError) as e:
         # Bad settings or inputs found once Spark is up (missing input path, unknown version): no traceback.
         print(f"{job}: error: {e}", file=sys.stderr)
@@ -137,6 +146,7 @@ def run_job(
         if stop_session:
             spark.stop()
     summary["summary_file"] = _write_summary(config, job, run_id, summary)
+    metrics.push(config, job, run_id, summary)
     print(formatter(summary) if formatter else json.dumps(summary, indent=2, default=str))
     if formatter and summary["summary_file"]:
         print(f"summary file   {summary['summary_file']}")

@@ -264,6 +264,44 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where a job pushes its outcome (imgshards.metrics); metrics never fail a run."""
+
+    pushgateway: Optional[str] = None  # http(s)://host:port of a Prometheus Pushgateway; None: $IMGSHARDS_PUSHGATEWAY, else off
+    timeout_seconds: float = 5.0
+
+    def validate(self) -> None:
+        if self.pushgateway is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?", self.pushgateway):
+            raise ConfigError(f"metrics.pushgateway must be http(s)://host:port, got {self.pushgateway!r}")
+        _check_range("metrics.timeout_seconds", self.timeout_seconds, 0.1, 300)
+
+
+@dataclass(frozen=True)
+class ProgressConfig:
+    interval_seconds: float = 10.0  # one progress line this often while a job runs; 0: off
+
+    def validate(self) -> None:
+        _check_range("progress.interval_seconds", self.interval_seconds, 0, 86400)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The HTML dataset report (imgshards.report), written beside the export."""
+
+    enabled: bool = True  # the pipeline's last step; the report job runs regardless
+    samples_per_class: int = 8  # processed samples shown per class
+    max_classes: int = 24  # classes shown in the sample grid (the largest first)
+    near_duplicate_clusters: int = 12  # clusters shown with thumbnails, those crossing splits first
+    examples_per_reason: int = 5  # example paths per quarantine reason and for duplicates
+    thumbnail_size: int = 96  # longer side of a thumbnail, pixels
+
+    def validate(self) -> None:
+        for name in ("samples_per_class", "max_classes", "near_duplicate_clusters", "examples_per_reason"):
+            _check_range(f"report.{name}", getattr(self, name), 0, 1000)
+        _check_range("report.thumbnail_size", self.thumbnail_size, 16, 512)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     input: Optional[str] = None
     warehouse: str = ".work/warehouse"
@@ -273,6 +311,9 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def validate(self) -> None:
         for name in ("warehouse", "output", "workdir"):
@@ -282,6 +323,9 @@ class PipelineConfig:
         self.ingest.validate()
         self.preprocess.validate()
         self.export.validate()
+        self.metrics.validate()
+        self.progress.validate()
+        self.report.validate()
         if self.preprocess.output_format == "raw" and self.export.codec != "ndarray":
             raise ConfigError("preprocess.output_format=raw needs export.codec=ndarray (raw arrays are not "
                               "JPEG/PNG), got export.codec=" + repr(self.export.codec))

@@ -46,6 +46,9 @@ class ExportResult:
     source_version: int
     classes: list
     counts: dict = field(default_factory=dict)  # split -> class name -> rows
+    rows: dict = field(default_factory=dict)  # split -> rows
+    read_bytes: int = 0  # encoded images read from processed
+    written_bytes: int = 0  # Parquet files written, all splits
 
 
 MANIFEST_FORMAT = 2  # 2: split paths relative to the manifest's folder; 1 (no field): absolute URLs
@@ -97,8 +100,9 @@ def normalization_stats(train: DataFrame) -> Optional[dict]:
     return {"mean": mean, "std": std, "pixels": n}
 
 
-def row_groups(spark: SparkSession, url: str) -> list:
-    """The Parquet row groups of a written split, in file order: [{file, index, rows}]."""
+def row_groups(spark: SparkSession, url: str) -> tuple[list, int]:
+    """The Parquet row groups of a written split, in file order ([{file, index, rows}]), and the bytes
+    of its Parquet files."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
@@ -111,7 +115,7 @@ def row_groups(spark: SparkSession, url: str) -> list:
             metadata = pq.ParquetFile(f).metadata
         for index in range(metadata.num_row_groups):
             groups.append({"file": os.path.basename(path), "index": index, "rows": metadata.row_group(index).num_rows})
-    return groups
+    return groups, sum(i.size for i in infos if i.is_file and i.path.endswith(".parquet"))
 
 
 def publish_manifest(spark: SparkSession, output: str, text: str) -> None:
@@ -177,7 +181,10 @@ def run_export(
     try:
         counts: dict = {split: {} for split in SPLITS}
         augmented: dict = {split: 0 for split in SPLITS}
-        for row in samples.groupBy("split", "label_name", (F.col("copy") > 0).alias("augmented")).count().collect():
+        read_bytes = written_bytes = 0
+        for row in samples.groupBy("split", "label_name", (F.col("copy") > 0).alias("augmented")).agg(
+                F.count(F.lit(1)).alias("count"), F.sum(F.length("image")).alias("bytes")).collect():
+            read_bytes += row["bytes"] or 0
             per_class = counts[row["split"]]
             per_class[row["label_name"]] = per_class.get(row["label_name"], 0) + row["count"]
             augmented[row["split"]] += row["count"] if row["augmented"] else 0
@@ -198,9 +205,10 @@ def run_export(
             rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
             with _materialize(spark, url, schema, export.row_group_size_mb):
                 rows.write.mode("overwrite").parquet(url)
-            groups = row_groups(spark, url)
+            groups, split_bytes = row_groups(spark, url)
+            written_bytes += split_bytes
             splits[split] = {"path": f"{version_name}/{split}", "rows": sum(counts[split].values()), "per_class": counts[split],
-                             "augmented": augmented[split], "row_groups": groups}
+                             "augmented": augmented[split], "bytes": split_bytes, "row_groups": groups}
             if sum(g["rows"] for g in groups) != splits[split]["rows"]:
                 raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
                                    f"expected {splits[split]['rows']}")
@@ -235,4 +243,6 @@ def run_export(
     for old in _previous_versions(spark, output)[: -export.keep_versions]:
         if old != version_name:  # the version just published is never removed
             storage.delete(spark, join_path(output, old))
-    return ExportResult(output=output, version_dir=version_dir, source_version=version, classes=classes, counts=counts)
+    return ExportResult(output=output, version_dir=version_dir, source_version=version, classes=classes, counts=counts,
+                        rows={split: info["rows"] for split, info in splits.items()}, read_bytes=read_bytes,
+                        written_bytes=written_bytes)

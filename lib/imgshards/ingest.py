@@ -15,7 +15,7 @@ import posixpath
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import imaging, storage, tables
+from imgshards import imaging, progress, storage, tables
 from imgshards.config import LabelsConfig, PipelineConfig, SplitConfig, join_path
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
@@ -85,6 +85,7 @@ class IngestCounts:
     quarantine_reasons: dict = field(default_factory=dict)
     marked_deleted: int = 0
     batches: int = 0
+    read_bytes: int = 0  # bytes of the image files read (files over max_bytes are never read)
     labels_report: dict = field(default_factory=dict)
     near_duplicates: dict = field(default_factory=dict)
 
@@ -101,7 +102,7 @@ class IngestCounts:
 
     def add(self, other: "IngestCounts") -> None:
         """Fold one micro-batch's counts into these totals (streaming)."""
-        for name in ("seen", "marked_deleted", "batches") + self._BUCKETS:
+        for name in ("seen", "marked_deleted", "batches", "read_bytes") + self._BUCKETS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.quarantine_reasons = dict(sorted((Counter(self.quarantine_reasons) + Counter(other.quarantine_reasons)).items()))
         for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates)):
@@ -184,7 +185,7 @@ def split_of(sha256: str, split: SplitConfig, group_key: Optional[str] = None) -
 
 def _probe_batches(
     batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int, labels: LabelsConfig,
-    group_regex: Optional[str], phash: bool,
+    group_regex: Optional[str], phash: bool, done=None,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: header probe (+ perceptual hash) per file; errors become reason/detail.
     Returns metadata only: the bytes stay in the JVM and are joined back when the table is written."""
@@ -215,6 +216,8 @@ def _probe_batches(
             else [row[name] for row in rows]
             for name in _PROBED_SCHEMA.fieldNames()
         })
+        if done is not None:  # the progress accumulator
+            done.add(len(rows))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -360,7 +363,7 @@ def ingest_batch(
     ingest = config.ingest
     probe = functools.partial(
         _probe_batches, base=base, max_pixels=ingest.max_pixels, labels=ingest.labels,
-        group_regex=ingest.group_regex, phash=ingest.near_duplicates.enabled,
+        group_regex=ingest.group_regex, phash=ingest.near_duplicates.enabled, done=progress.images_counter(),
     )
     # binaryFile pushes the length filter down: oversized files are never read into a row.
     readable = files.filter(F.col("length") <= ingest.max_bytes)
@@ -385,7 +388,9 @@ def ingest_batch(
     probed = probed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = IngestCounts(batches=1)
-        read = probed.count() + oversized.count()
+        probed_rows, read_bytes = probed.agg(F.count(F.lit(1)), F.coalesce(F.sum("size_bytes"), F.lit(0))).head()
+        read = probed_rows + oversized.count()
+        counts.read_bytes = int(read_bytes)
         if listed is not None and read < len(listed):
             rejected = list(rejected) + _vanished(listed, probed, oversized)
         counts.seen = read + len(rejected)
@@ -579,8 +584,9 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     base = storage.qualify(spark, input_root).rstrip("/")
-    counts = ingest_batch(spark, config, read_files(spark, input_root, config), base, run_id,
-                          rejected=rejected, labels=labels, listed=candidates)
+    with progress.stage("ingest", images=len(candidates)):
+        counts = ingest_batch(spark, config, read_files(spark, input_root, config), base, run_id,
+                              rejected=rejected, labels=labels, listed=candidates)
     if counts.seen - len(rejected) < len(candidates):
         raise RuntimeError(f"listed {len(candidates)} image files under {input_root} but accounted for "
                            f"{counts.seen - len(rejected)}")
@@ -621,9 +627,11 @@ def checkpoint_path(config: PipelineConfig) -> str:
     return config.ingest.stream.checkpoint or join_path(config.warehouse, "_checkpoints", "ingest")
 
 
-def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
+def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str,
+                      on_batch: Optional[Callable[[IngestCounts], None]] = None) -> IngestCounts:
     """Structured Streaming over ``input_root`` with a checkpoint: each micro-batch goes through
     :func:`ingest_batch` (the same MERGE), so after a restart every file is in the table exactly once.
+    ``on_batch(totals)`` is called after every micro-batch with the running totals (metrics).
 
     With ``ingest.stream.trigger: available_now`` it drains what is there and returns; with an interval
     it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see README).
@@ -638,6 +646,8 @@ def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: s
         counts = ingest_batch(spark, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
         log.info("stream batch %d: %s", batch_id, counts)
         totals.add(counts)
+        if on_batch is not None:
+            on_batch(totals)
 
     writer = (
         read_files(spark, input_root, config, stream=True).writeStream

@@ -1,16 +1,20 @@
 """ingest -> preprocess -> export in one run, with a summary whose counts add up."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import time
 
 from pyspark.sql import SparkSession
 
+from imgshards import progress
 from imgshards.config import PipelineConfig, join_path
 from imgshards.export import run_export
 from imgshards.ingest import run_ingest
 from imgshards.preprocess import run_preprocess
+from imgshards.report import write_report
 from imgshards.sample import make_sample_dataset
 
 log = logging.getLogger(__name__)
@@ -30,21 +34,37 @@ def ensure_sample_input(config: PipelineConfig) -> str:
     return root
 
 
+@contextlib.contextmanager
+def _timed(seconds: dict, stage: str):
+    started = time.monotonic()
+    with progress.stage(stage):
+        yield
+    seconds[stage] = round(time.monotonic() - started, 3)
+
+
 def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict:
     input_root = config.input or ensure_sample_input(config)
-    ingest = run_ingest(spark, config, input_root, run_id)
-    preprocess = run_preprocess(spark, config, run_id)
-    export = run_export(spark, config, run_id, preprocess.source_version)
-    return {
+    seconds: dict = {}
+    with _timed(seconds, "ingest"):
+        ingest = run_ingest(spark, config, input_root, run_id)
+    with _timed(seconds, "preprocess"):
+        preprocess = run_preprocess(spark, config, run_id)
+    with _timed(seconds, "export"):
+        export = run_export(spark, config, run_id, preprocess.source_version)
+    summary = {
         "input": input_root,
         "tables": {name: join_path(config.warehouse, name) for name in ("images", "quarantine", "duplicates", "processed")},
         "per_class": export.counts,
         "output": export.output,
         "ingest": dataclasses.asdict(ingest),
         "preprocess": dataclasses.asdict(preprocess),
-        "export": {"source_version": export.source_version, "classes": export.classes,
-                   "rows": {split: sum(c.values()) for split, c in export.counts.items()}},
+        "export": {k: v for k, v in dataclasses.asdict(export).items() if k != "counts"},
+        "seconds": seconds,
     }
+    if config.report.enabled:
+        with _timed(seconds, "report"):
+            summary["report"] = write_report(spark, config, run_id, runs={"pipeline": {"run_id": run_id, **summary}})
+    return summary
 
 
 def format_summary(summary: dict) -> str:
@@ -71,6 +91,8 @@ def format_summary(summary: dict) -> str:
     for split, rows in export["rows"].items():
         lines.append(f"  {split:<12} {rows} rows")
     lines.append(f"  classes      {', '.join(export['classes']) or '(unlabeled)'}")
+    if summary.get("report"):
+        lines.append(f"report         {summary['report']}")
     lines.append("tables")
     lines += [f"  {name:<12} {path}" for name, path in summary["tables"].items()]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 from pyspark.sql.window import Window
 
-from imgshards import dali_backend, tables
+from imgshards import dali_backend, progress, tables
 from imgshards.augment import copies_per_image
 from imgshards.config import PipelineConfig, PreprocessConfig
 from imgshards.schemas import (
@@ -54,6 +54,8 @@ class PreprocessCounts:
     backends: Optional[dict] = None  # "backend on device" -> rows
     task_gpus: Optional[dict] = None  # GPU address Spark gave the task -> rows
     gpu_fallback: str = ""  # set when backend auto ran on CPU although tasks were given GPUs
+    read_bytes: int = 0  # encoded source bytes of the samples made this run
+    written_bytes: int = 0  # encoded output images appended to processed
 
 
 def task_gpu_address() -> Optional[str]:
@@ -68,7 +70,9 @@ def task_gpu_address() -> Optional[str]:
 
 def process_column(content: Column, seed: Column, settings: PreprocessConfig, max_pixels: int) -> Column:
     """The preprocess transform as a Column: struct of _RESULT_TYPE. The placement is resolved once per
-    task, inside the task (DALI and CUDA must not be touched on the driver or before the fork)."""
+    task, inside the task (DALI and CUDA must not be touched on the driver or before the fork). Images done
+    are added to the progress accumulator, when there is one."""
+    done = progress.images_counter()
 
     @F.pandas_udf(_RESULT_TYPE)
     def preprocess_udf(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
@@ -79,6 +83,8 @@ def process_column(content: Column, seed: Column, settings: PreprocessConfig, ma
                 if placement.note:
                     log.warning(placement.note)
             yield process_series(contents, seeds, settings, max_pixels, placement)
+            if done is not None:
+                done.add(len(contents))
 
     return preprocess_udf(content, seed)
 
@@ -132,13 +138,15 @@ def run_preprocess(
 ) -> PreprocessCounts:
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
-    largest = images.agg(F.max("size_bytes"), F.max(F.col("width").cast("long") * F.col("height"))).head()
+    live, *largest = images.agg(F.count(F.lit(1)), F.max("size_bytes"),
+                                F.max(F.col("width").cast("long") * F.col("height"))).head()
     records = str(batch_records(*largest))
     # Several tasks per core: images differ in cost, and one task left alone at the end idles the others.
     tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
     with tables.temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks), \
             tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
-            tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records):
+            tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records), \
+            progress.stage("preprocess", images=live):
         return _run_preprocess(spark, config, run_id, images, version)
 
 
@@ -176,11 +184,14 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
         ok = results.filter(F.col("reason").isNull())
         failed = results.filter(F.col("reason").isNotNull())
         # One aggregation gives every count: the results are read back from disk once, not once a count.
-        outcomes = results.groupBy("reason", "backend", "device", "task_gpu",
-                                   (F.col("copy") > 0).alias("augmented")).count().collect()
+        outcomes = results.groupBy("reason", "backend", "device", "task_gpu", (F.col("copy") > 0).alias("augmented")).agg(
+            F.count(F.lit(1)).alias("count"), F.sum("size_bytes").alias("read"), F.sum(F.length("image")).alias("written"),
+        ).collect()
         backends, task_gpus, reasons = Counter(), Counter(), Counter()
         for r in outcomes:
+            counts.read_bytes += r["read"] or 0
             if r["reason"] is None:
+                counts.written_bytes += r["written"] or 0
                 backends[f"{r['backend']} on {r['device']}"] += r["count"]
                 if r["task_gpu"] is not None:
                     task_gpus[r["task_gpu"]] += r["count"]

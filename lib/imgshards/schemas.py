@@ -16,6 +16,7 @@ IMAGES_TABLE = "images"
 QUARANTINE_TABLE = "quarantine"
 DUPLICATES_TABLE = "duplicates"
 PROCESSED_TABLE = "processed"
+TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE)
 
 SPLITS = ("train", "val", "test")
 

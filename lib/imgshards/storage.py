@@ -194,3 +194,12 @@ def rename(spark: SparkSession, src: str, dst: str) -> None:
     dst_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(dst)
     if not fs.rename(src_path, dst_path):
         raise OSError(f"could not rename {src} to {dst}")
+
+
+def read_text(spark: SparkSession, url: str) -> Optional[str]:
+    """The UTF-8 text at ``url``, or None when there is no such file."""
+    fs, path = arrow_fs(spark, url)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode("utf-8")

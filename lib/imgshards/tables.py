@@ -36,6 +36,22 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
 
 
+def log_version(spark: SparkSession, path: str) -> Optional[int]:
+    """The latest version of the Delta table at ``path`` from one listing of its ``_delta_log`` (no Spark
+    job, no log replay); None when there is no table."""
+    import pyarrow.fs as pafs
+
+    from imgshards import storage
+
+    try:
+        fs, root = storage.arrow_fs(spark, path.rstrip("/") + "/_delta_log")
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError):  # a scheme pyarrow does not reach (gs://, abfss://): the report says unknown
+        return None
+    versions = [int(i.base_name[:-5]) for i in infos if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()]
+    return max(versions) if versions else None
+
+
 def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
     """Read a Delta table, at ``as_of_version`` or the latest; returns the DataFrame and the version read."""
     if not DeltaTable.isDeltaTable(spark, path):

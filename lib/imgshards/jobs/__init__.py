@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-JOBS = ("ingest", "preprocess", "export", "pipeline", "history", "doctor")
+JOBS = ("ingest", "preprocess", "export", "pipeline", "report", "history", "doctor")
 
 
 def job_module(name: str):

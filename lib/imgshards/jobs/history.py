@@ -6,9 +6,7 @@ recorded in each commit.
 import sys
 
 from imgshards import cli, tables
-from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, PROCESSED_TABLE, QUARANTINE_TABLE
-
-TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE)
+from imgshards.schemas import TABLES
 
 
 def parse_args(argv=None):

@@ -4,9 +4,10 @@
     ./spark-submit.sh ingest --input /data/incoming --stream [--set ingest.stream.trigger='30 seconds']
 """
 import sys
+import time
 from dataclasses import asdict
 
-from imgshards import cli
+from imgshards import cli, metrics
 from imgshards.ingest import run_ingest, run_ingest_stream
 
 
@@ -20,8 +21,17 @@ def parse_args(argv=None):
 def run(spark, config, args, run_id):
     if not config.input:
         raise cli.ConfigError("input is not set: pass --input PATH or set input in the config file")
-    ingest = run_ingest_stream if args.stream else run_ingest
-    return {"input": config.input, "warehouse": config.warehouse, "ingest": asdict(ingest(spark, config, config.input, run_id))}
+    if not args.stream:
+        counts = run_ingest(spark, config, config.input, run_id)
+    else:
+        started = time.monotonic()
+
+        def push_totals(totals):  # the Pushgateway's group always holds the running totals
+            metrics.push(config, "ingest", run_id, {"ingest": asdict(totals),
+                                                    "seconds": {"ingest": time.monotonic() - started}})
+
+        counts = run_ingest_stream(spark, config, config.input, run_id, on_batch=push_totals)
+    return {"input": config.input, "warehouse": config.warehouse, "ingest": asdict(counts)}
 
 
 def main(argv=None, stop_session=True):
