@@ -394,7 +394,10 @@ def ingest_batch(
         if listed is not None and read < len(listed):
             rejected = list(rejected) + _vanished(listed, probed, oversized)
         counts.seen = read + len(rejected)
-        _write(spark, config, readable, probed, oversized, rejected, counts, run_id)
+        # A conflict with a concurrent writer redoes the write from the tables' new version: files another
+        # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
+        tables.retry_on_conflict("ingest", lambda: _write(spark, config, readable, probed, oversized, rejected,
+                                                          counts, run_id))
     finally:
         probed.unpersist()
     counts.check()
@@ -615,9 +618,9 @@ def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_
         n = gone.count()
         if n:
             with tables.commit_metadata(spark, {"job": "ingest", "run_id": run_id, "marked_deleted": n}):
-                tables.ensure_table(spark, images_path, IMAGES_SCHEMA).alias("t").merge(
-                    gone.alias("s"), "t.path = s.path"
-                ).whenMatchedUpdate(set={"deleted_at": "current_timestamp()"}).execute()
+                tables.retry_on_conflict("mark_deleted", lambda: tables.ensure_table(
+                    spark, images_path, IMAGES_SCHEMA).alias("t").merge(gone.alias("s"), "t.path = s.path")
+                    .whenMatchedUpdate(set={"deleted_at": "current_timestamp()"}).execute())
     finally:
         gone.unpersist()
     return n

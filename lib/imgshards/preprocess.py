@@ -222,19 +222,19 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
                         "config_fingerprint", F.lit(version).cast("long").alias("source_version"),
                         "backend", "device", "task_gpu", now.alias("processed_at"), F.lit(run_id).alias("run_id"),
                     ),
-                    processed_version,
+                    processed_version, SAMPLE_KEY, run_id,
                 )
             if counts.quarantined:
                 # One row per path: when copies of an image fail too, the lowest copy's verdict stands.
                 rank = F.row_number().over(Window.partitionBy("path").orderBy("copy"))
-                tables.upsert(
+                tables.retry_on_conflict("preprocess quarantine", lambda: tables.upsert(
                     spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
                     failed.withColumn("rank", rank).filter("rank = 1").select(
                         "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
                         now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),
                     ),
                     QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED,
-                )
+                ))
     finally:
         results.unpersist()
     log.info("preprocess: %s", counts)

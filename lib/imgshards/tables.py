@@ -4,13 +4,45 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Iterator, Optional, Sequence
+import random
+import time
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delta's commit conflicts (optimistic concurrency): another writer committed something this transaction
+# read. Matched by the Java class name as well, for runtimes whose Python package does not convert them.
+CONFLICT_ATTEMPTS = 6
+CONFLICT_BASE_DELAY_S = 0.5
+
+
+def is_conflict(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return "Concurrent" in type(e).__name__ or type(e).__name__ in ("MetadataChangedException", "ProtocolChangedException") \
+        or "io.delta.exceptions." in text or "DeltaConcurrentModificationException" in text
+
+
+def retry_on_conflict(what: str, attempt: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Run ``attempt`` until it commits without a Delta conflict: after a conflict (nothing of the failed
+    transaction is visible) wait with exponential backoff and jitter, then run it again from a fresh read.
+    ``attempt`` must recompute what it writes from the table's latest version."""
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except Exception as e:  # noqa: BLE001 - only conflicts are retried, the rest re-raised as they are
+            if not is_conflict(e) or n == attempts:
+                raise
+            delay = CONFLICT_BASE_DELAY_S * 2 ** (n - 1) * (1 + random.random())
+            log.warning("%s: another writer committed first (%s); retrying from the new version in %.1f s "
+                        "(attempt %d of %d)", what, type(e).__name__, delay, n + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 class TableVersionError(ValueError):
     """A Delta version that the table does not have; or a table that lacks columns this version writes."""
@@ -21,9 +53,12 @@ _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTable:
     """Return the Delta table at ``path``, creating it empty with ``schema`` if it does not exist."""
-    if not DeltaTable.isDeltaTable(spark, path):
-        log.info("creating Delta table %s", path)
-        spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(path)
+    def create() -> None:
+        if not DeltaTable.isDeltaTable(spark, path):
+            log.info("creating Delta table %s", path)
+            spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(path)
+
+    retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
     table = DeltaTable.forPath(spark, path)
     missing = [name for name in schema.fieldNames() if name not in table.toDF().columns]
     if missing:
@@ -82,17 +117,37 @@ def commit_metadata(spark: SparkSession, metadata: dict):
     return temporary_conf(spark, _USER_METADATA_CONF, json.dumps(metadata, sort_keys=True, default=str))
 
 
-def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, read_version: int) -> int:
+def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, read_version: int,
+           keys: Sequence[str], run_id: str) -> int:
     """Append ``rows`` (new keys, by the caller's anti-join against version ``read_version``) to the table:
     about 6x cheaper than a MERGE, which would scan the target for keys the caller already excluded.
-    Returns the version written; a commit by another writer since ``read_version`` is logged, since
-    then rows may repeat (readers of such tables drop repeated keys)."""
+
+    A blind append cannot conflict in Delta, so when another writer committed since ``read_version`` the
+    keys both wrote are resolved here: every writer keeps, for a repeated key, the row of the smallest run
+    id and deletes the others (a DELETE that Delta serializes; conflicts retried). Concurrent writers reach
+    the same result in any order. Returns the version written."""
     rows.select(*schema.fieldNames()).write.format("delta").mode("append").save(path)
     written = latest_version(spark, path)
     if written != read_version + 1:
-        log.warning("%s: another writer committed between version %d (read) and %d (this append); "
-                    "keys may repeat", path, read_version, written)
+        retry_on_conflict(f"{path}: repeated keys", lambda: _drop_repeated_keys(spark, path, keys, run_id))
     return written
+
+
+def _drop_repeated_keys(spark: SparkSession, path: str, keys: Sequence[str], run_id: str) -> None:
+    table = spark.read.format("delta").load(path)
+    mine = table.filter(F.col("run_id") == run_id).select(*keys)
+    repeated = (table.join(mine, list(keys), "left_semi").groupBy(*keys)
+                .agg(F.min("run_id").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").persist())
+    try:
+        n = repeated.count()
+        if n:
+            condition = " AND ".join(f"t.`{k}` = r.`{k}`" for k in keys)
+            DeltaTable.forPath(spark, path).alias("t").merge(repeated.alias("r"), condition) \
+                .whenMatchedDelete(condition="t.run_id <> r.keep").execute()
+            log.warning("%s: another writer appended %d of the same keys at the same time; the rows of the "
+                        "earliest run id were kept", path, n)
+    finally:
+        repeated.unpersist()
 
 
 def upsert(
