@@ -76,11 +76,12 @@ def _decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 
 def _channel_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: per-channel sum and sum of squares of pixel values in [0, 1], and pixel count."""
-    sums, squares, pixels = np.zeros(3), np.zeros(3), 0
+    """mapInPandas body: per-channel sum and sum of squares of the 0..255 pixel values, and pixel count.
+    Integers, so the totals (and the statistics) do not depend on how rows fell into partitions."""
+    sums, squares, pixels = np.zeros(3, np.int64), np.zeros(3, np.int64), 0
     for batch in batches:
         for data in batch["image"]:
-            arr = imaging.decode_rgb(data).reshape(-1, 3).astype(np.float64) / 255.0
+            arr = imaging.decode_rgb(data).reshape(-1, 3).astype(np.int64)
             sums += arr.sum(axis=0)
             squares += (arr * arr).sum(axis=0)
             pixels += arr.shape[0]
@@ -90,13 +91,13 @@ def _channel_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
 
 def normalization_stats(train: DataFrame) -> Optional[dict]:
     """Per-channel mean and std of the train split's pixels (scaled to [0, 1]), or None if it is empty."""
-    schema = "s0 double, s1 double, s2 double, q0 double, q1 double, q2 double, n long"
+    schema = "s0 long, s1 long, s2 long, q0 long, q1 long, q2 long, n long"
     total = train.select("image").mapInPandas(_channel_sums, schema).groupBy().sum().head()
     n = total["sum(n)"] if total else 0
     if not n:
         return None
-    mean = [total[f"sum(s{c})"] / n for c in range(3)]
-    std = [max(total[f"sum(q{c})"] / n - mean[c] ** 2, 0.0) ** 0.5 for c in range(3)]
+    mean = [total[f"sum(s{c})"] / n / 255.0 for c in range(3)]
+    std = [max(total[f"sum(q{c})"] / n / 255.0**2 - mean[c] ** 2, 0.0) ** 0.5 for c in range(3)]
     return {"mean": mean, "std": std, "pixels": n}
 
 
