@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -117,18 +119,61 @@ def table_digest(spark, warehouse: str) -> dict:
     }
 
 
+EXECUTOR_CLASS = "org.apache.spark.executor.CoarseGrainedExecutorBackend"
+
+
+def executor_pids(cluster_dir: str) -> list:
+    """Process ids of the executor JVMs of this cluster (their working directories are under its workers')."""
+    pids = subprocess.run(["pgrep", "-f", EXECUTOR_CLASS], capture_output=True, text=True).stdout.split()
+    mine = []
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/cwd").startswith(cluster_dir + os.sep):
+                mine.append(int(pid))
+        except OSError:
+            pass  # gone meanwhile
+    return mine
+
+
+def launch_killing_executors(master: str, cluster_dir: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
+    """Run a job on the cluster in client mode and, the first time its progress lines show each stage with
+    tasks still to do, kill one executor JVM with SIGKILL (the worker starts a new one; Spark retries the
+    tasks). Returns the result and the stages an executor was killed in."""
+    job = subprocess.Popen([LAUNCHER, "--profile", "standalone", "--master", master, *args, "--set",
+                            "progress.interval_seconds=1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    output, killed = [], []
+    for line in job.stdout:
+        output.append(line)
+        progress = re.search(r"progress (ingest|preprocess|export): (\d+)/(\d+) tasks", line)
+        if progress and progress.group(1) not in killed and int(progress.group(2)) < int(progress.group(3)):
+            pids = executor_pids(cluster_dir)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(progress.group(1))
+    job.wait(timeout=900)
+    result = subprocess.CompletedProcess(job.args, job.returncode, "".join(output), "")
+    assert result.returncode == 0, result.stdout[-6000:]
+    return result, killed
+
+
 def test_pipeline_on_the_cluster_equals_a_local_run(spark, cluster, tmp_path):
-    master, _ = cluster
+    master, cluster_dir = cluster
     make_sample_dataset(str(tmp_path / "sample"))
     raw = str(tmp_path / "sample")
 
-    digests = {}
-    for deploy_mode in ("client", "cluster"):
+    digests, seconds = {}, {}
+    for deploy_mode in ("client", "cluster", "killed-executors"):
         work = tmp_path / deploy_mode
-        launch(master, "pipeline", "--input", raw, "--warehouse", str(work / "warehouse"), "--output",
-               str(work / "shards"), "--set", f"workdir={work}", "--set", "preprocess.size=64",
-               deploy_mode=deploy_mode)
+        args = ["pipeline", "--input", raw, "--warehouse", str(work / "warehouse"), "--output", str(work / "shards"),
+                "--set", f"workdir={work}", "--set", "preprocess.size=64"]
+        if deploy_mode == "killed-executors":
+            _, killed = launch_killing_executors(master, cluster_dir, *args)
+            assert killed == ["ingest", "preprocess", "export"], killed
+        else:
+            launch(master, *args, deploy_mode=deploy_mode)
         summary = summary_of(work, "pipeline")
+        seconds[deploy_mode] = summary["seconds"]
         assert summary["ingest"]["seen"] == summary["ingest"]["ingested"] + summary["ingest"]["duplicates"] \
             + summary["ingest"]["quarantined"] + summary["ingest"]["skipped_hidden"] + summary["ingest"]["skipped_non_image"]
         digests[deploy_mode] = table_digest(spark, str(work / "warehouse"))
@@ -140,6 +185,7 @@ def test_pipeline_on_the_cluster_equals_a_local_run(spark, cluster, tmp_path):
     expected = table_digest(spark, str(local / "warehouse"))
 
     assert expected["counts"]["processed"] > 200
+    print("pipeline seconds on the cluster:", json.dumps(seconds))
     for deploy_mode, digest in digests.items():
         assert digest["counts"] == expected["counts"], deploy_mode
         assert digest["images"] == expected["images"], deploy_mode
