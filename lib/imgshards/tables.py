@@ -22,10 +22,12 @@ CONFLICT_ATTEMPTS = 6
 CONFLICT_BASE_DELAY_S = 0.5
 
 
+_CONFLICTS = ("DeltaConcurrentModificationException", "MetadataChangedException", "ProtocolChangedException")
+
+
 def is_conflict(e: BaseException) -> bool:
-    text = f"{type(e).__name__}: {e}"
-    return "Concurrent" in type(e).__name__ or type(e).__name__ in ("MetadataChangedException", "ProtocolChangedException") \
-        or "io.delta.exceptions." in text or "DeltaConcurrentModificationException" in text
+    name = type(e).__name__
+    return name.startswith("Concurrent") or name in _CONFLICTS or "io.delta.exceptions." in str(e)
 
 
 def retry_on_conflict(what: str, attempt: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
@@ -43,6 +45,7 @@ def retry_on_conflict(what: str, attempt: Callable[[], T], attempts: int = CONFL
                         "(attempt %d of %d)", what, type(e).__name__, delay, n + 1, attempts)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
 
 class TableVersionError(ValueError):
     """A Delta version that the table does not have; or a table that lacks columns this version writes."""

@@ -139,7 +139,7 @@ def profile(meta: DataFrame) -> dict:
     }
 
 
-def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame, images: DataFrame) -> dict:
+def near_duplicates(config: PipelineConfig, meta: DataFrame, images: DataFrame) -> dict:
     """Near-duplicate clusters, those crossing splits first, each with a few members' thumbnails."""
     clustered = meta.filter(F.col("near_dup_cluster").isNotNull())
     clusters = clustered.groupBy("near_dup_cluster").agg(
@@ -150,7 +150,7 @@ def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame
     shown = (clusters.orderBy(F.desc(F.col("splits") > 1), F.desc("size"), "near_dup_cluster")
              .limit(config.report.near_duplicate_clusters).collect())
     wanted = {m["sha256"] for c in shown for m in c["members"]}
-    thumbs = _thumbnails(spark, images.filter(F.col("sha256").isin(list(wanted))) if wanted else None,
+    thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted))) if wanted else None,
                          "content", F.col("format"), config)
     return {
         "clusters": totals[0], "crossing": totals[1],
@@ -160,8 +160,9 @@ def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame
     }
 
 
-def _thumbnails(spark: SparkSession, rows: Optional[DataFrame], column: str, fmt: F.Column, config: PipelineConfig,
+def _thumbnails(rows: Optional[DataFrame], column: str, fmt: F.Column, config: PipelineConfig,
                 key: tuple = ("sha256",)) -> dict:
+    """{key: thumbnail} for ``rows`` (at most a few dozen: the callers pick them)."""
     if rows is None:
         return {}
     made = rows.select(*key, thumbnail_column(F.col(column), fmt, config.report.thumbnail_size).alias("t")).collect()
@@ -198,7 +199,7 @@ def samples(spark: SparkSession, config: PipelineConfig, meta: DataFrame) -> dic
                    .limit(AUGMENTED_PARENTS).collect()]
         if parents:
             family = rows.filter(F.col("sha256").isin(parents) & (F.col("copy") <= AUGMENTED_COPIES))
-            thumbs = _thumbnails(spark, family, "image", F.col("image_format"), config, key=("sha256", "copy"))
+            thumbs = _thumbnails(family, "image", F.col("image_format"), config, key=("sha256", "copy"))
             for sha in parents:
                 copies = sorted((c, t) for (s, c), t in thumbs.items() if s == sha)
                 augmented.append({"sha256": sha, "copies": [{"copy": c, "thumb": t} for c, t in copies]})
@@ -229,7 +230,7 @@ def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = N
         data["fates"] = fates(spark, config, runs)
         if meta is not None:
             data["profile"] = profile(meta)
-            data["near_duplicates"] = near_duplicates(spark, config, meta, live)
+            data["near_duplicates"] = near_duplicates(config, meta, live)
             data["samples"] = samples(spark, config, meta)
         else:
             data.update(profile=None, near_duplicates=None, samples={"grid": [], "augmented": []})
