@@ -28,6 +28,8 @@ have="$(cat "$venv/.setup-stamp" 2>/dev/null || true)"
 if [[ "$want" != "$have" || -n "${FORCE:-}" ]]; then
   log "installing the pinned stack (first time: several GB for torch; later runs use pip's cache)"
   "$venv/bin/python" -m pip install --quiet --upgrade "pip>=24" "setuptools>=70,<80" wheel
+  source "$root/scripts/big_wheels.sh"
+  install_big_wheels "$venv/bin/python" nvidia-dali-cuda120
   "$venv/bin/python" -m pip install --quiet -c "$root/constraints.txt" -e "$root[local,gpu,train,dev,package]"
   echo "$want" > "$venv/.setup-stamp"
 else

@@ -1,0 +1,22 @@
+# Sourced by scripts/setup.sh and scripts/package.sh: the pinned wheels of several hundred MB (DALI) are
+# fetched once into .work/wheelhouse and installed from there into every environment. pip's cache does not
+# keep files this large, so each environment would download them again, and each download of 400 MB is a
+# chance for the network to cut it off (seen here: pip gave up at 213 of 424 MB).
+#   install_big_wheels PYTHON PACKAGE...   # e.g. install_big_wheels "$venv/bin/python" nvidia-dali-cuda120
+install_big_wheels() {
+  local python="$1" wheelhouse="$root/.work/wheelhouse" package pin file attempt
+  shift
+  mkdir -p "$wheelhouse"
+  for package in "$@"; do
+    pin="$(grep -E "^${package}==" "$root/constraints.txt")"
+    file="$(ls "$wheelhouse"/"${package//-/_}"-"${pin#*==}"-*.whl 2>/dev/null | head -1 || true)"
+    for attempt in 1 2 3; do
+      [[ -n "$file" ]] && break
+      "$python" -m pip download --quiet --no-deps --dest "$wheelhouse" "$pin" >&2 ||
+        printf '[setup] download of %s failed (attempt %d of 3)\n' "$pin" "$attempt" >&2
+      file="$(ls "$wheelhouse"/"${package//-/_}"-"${pin#*==}"-*.whl 2>/dev/null | head -1 || true)"
+    done
+    [[ -n "$file" ]] || { printf '[setup] could not download %s\n' "$pin" >&2; return 1; }
+    "$python" -m pip install --quiet --no-deps "$file"
+  done
+}
