@@ -32,6 +32,12 @@ _STAGE_IMAGES = {
     "export": lambda s: sum(s["rows"].values()),
 }
 
+
+def stage_images(stage: str, section: Optional[dict]) -> Optional[int]:
+    """The images a stage handled, from its summary section (None for stages that count none)."""
+    return _STAGE_IMAGES[stage](section) if stage in _STAGE_IMAGES and section else None
+
+
 _warned: set = set()  # gateways already warned about in this process: one warning each, not one per push
 
 
@@ -108,9 +114,9 @@ def build_registry(summary: dict) -> CollectorRegistry:
     rate = gauge("stage_images_per_second", "Images a stage handled per second of its wall time", ["stage"])
     for stage, value in seconds.items():
         duration.labels(stage).set(value)
-        section = summary.get(stage)
-        if section and stage in _STAGE_IMAGES and value > 0:
-            rate.labels(stage).set(_STAGE_IMAGES[stage](section) / value)
+        images = stage_images(stage, summary.get(stage))
+        if images is not None and value > 0:
+            rate.labels(stage).set(images / value)
 
     versions = gauge("delta_table_version", "Latest version of each Delta table after the run", ["table"])
     for table, version in (summary.get("delta_versions") or {}).items():

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 
 from imgshards import __version__  # noqa: E402
+from imgshards.metrics import stage_images  # noqa: E402
 from imgshards.schemas import SPLITS  # noqa: E402
 
 TEMPLATE = "report.html.j2"
@@ -122,16 +123,13 @@ def plots(data: dict) -> dict:
 
 def stage_rows(runs: dict) -> list:
     """Time and throughput per stage, from the newest summaries."""
-    images_of = {"ingest": lambda s: s["seen"], "preprocess": lambda s: s["processed"],
-                 "export": lambda s: sum(s["rows"].values())}
     rows = []
     for job in ("pipeline", "ingest", "preprocess", "export"):
         summary = runs.get(job)
         if not summary:
             continue
         for stage, seconds in (summary.get("seconds") or {}).items():
-            section = summary.get(stage)
-            images = images_of[stage](section) if stage in images_of and section else None
+            images = stage_images(stage, summary.get(stage))
             rows.append({"job": job, "run_id": summary["run_id"], "stage": stage, "seconds": seconds, "images": images,
                          "rate": images / seconds if images is not None and seconds else None})
     return rows
