@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fuzzing
 from imgshards import imaging
 from imgshards.sample import png_header_only
 
@@ -219,6 +220,22 @@ def test_truncated_jpeg_fails_in_process_too():
     with pytest.raises(imaging.ImageError) as e:
         imaging.process(_truncated_jpeg(), size=32)
     assert e.value.reason == "truncated"
+
+
+def test_a_cut_rle_bmp_is_truncated_at_probe_whatever_pillow_does():
+    """Pillow's RLE decoder stops where the data ends; the end-of-bitmap walk decides, for any Pillow."""
+    rng = np.random.default_rng(5)
+    img = Image.fromarray(rng.integers(0, 4, (24, 40), dtype=np.uint8), "P")
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    data = fuzzing.bmp_rle8(img)
+    assert imaging.probe(data, MAX_PIXELS).format == "BMP"
+    assert np.array_equal(np.asarray(imaging.decode(data, MAX_PIXELS)), np.asarray(img.convert("RGB")))
+    assert imaging.probe(data[:-2], MAX_PIXELS).height == 24  # no end-of-bitmap code, but every row is there
+    start = int.from_bytes(data[10:14], "little")
+    for cut in range(start + 1, len(data) - 4, 37):
+        with pytest.raises(imaging.ImageError) as e:
+            imaging.probe(data[:cut], MAX_PIXELS)
+        assert e.value.reason == "truncated"
 
 
 def test_pixel_limit_is_ours_not_pillows():

@@ -88,13 +88,48 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _looks_truncated(data: bytes, fmt: str) -> bool:
-    """Cheap end-of-stream check without decoding: JPEG must end with EOI, PNG with an IEND chunk."""
+    """Cheap end-of-stream checks without decoding: JPEG must end with EOI, PNG with an IEND chunk, an
+    RLE-compressed BMP must reach its end-of-bitmap code (or its last row)."""
     tail = data[-64:].rstrip(b"\x00\r\n ")
     if fmt in ("JPEG", "MPO"):
         return not tail.endswith(b"\xff\xd9")
     if fmt == "PNG":
         return b"IEND" not in data[-32:]
+    if fmt == "BMP":
+        return _bmp_rle_truncated(data)
     return False
+
+
+def _bmp_rle_truncated(data: bytes) -> bool:
+    """Walk an RLE8/RLE4 BMP's codes to the end-of-bitmap code. Pillow's RLE decoder stops quietly where
+    the data ends and fills the rest of the image (11.3 to 13.0 do), so a cut file would pass as valid."""
+    if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
+        return False  # no BITMAPINFOHEADER, so no compression field
+    compression = int.from_bytes(data[30:34], "little")
+    if compression not in (1, 2):  # BI_RLE8, BI_RLE4
+        return False
+    height = abs(int.from_bytes(data[22:26], "little", signed=True))
+    pos, rows, end = int.from_bytes(data[10:14], "little"), 0, len(data)
+    while pos + 2 <= end:
+        count, code = data[pos], data[pos + 1]
+        pos += 2
+        if count:  # a run of one value
+            continue
+        if code == 0:  # end of line
+            rows += 1
+        elif code == 1:  # end of bitmap
+            return False
+        elif code == 2:  # delta: skip right, down
+            if pos + 2 > end:
+                return True
+            rows += data[pos + 1]
+            pos += 2
+        else:  # absolute: `code` pixels follow, padded to 16 bits
+            size = code if compression == 1 else (code + 1) // 2
+            pos += size + (size & 1)
+            if pos > end:
+                return True
+    return rows < height
 
 
 def _decode_error(e: Exception) -> ImageError:
