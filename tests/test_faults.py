@@ -1,8 +1,9 @@
 """Jobs killed with SIGKILL (driver JVM and Python together, as a lost node or an OOM killer leaves them)
 and run again: Delta shows nothing of the killed transaction, and the next run completes the tables with
-every file exactly once."""
+every file exactly once; a killed export leaves the published version as it was, readable."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -14,7 +15,13 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
+from imgshards.config import load_config
+from imgshards.export import MANIFEST_FILE, run_export
+from imgshards.ingest import run_ingest
+from imgshards.loader import make_dataloader
+from imgshards.preprocess import run_preprocess
 from imgshards.sample import make_sample_dataset
+from imgshards.schemas import SPLITS
 
 LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
 
@@ -128,3 +135,42 @@ def test_batch_ingest_killed_before_its_commit_leaves_the_tables_as_they_were(sp
                      if not n.startswith(".") and n.rsplit(".", 1)[-1].lower() not in
                      ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"))
     assert len(paths) == listed - non_images
+
+
+@pytest.mark.slow
+def test_export_killed_before_publishing_leaves_the_previous_version_readable(spark, tmp_path):
+    raw, output = str(tmp_path / "raw"), tmp_path / "shards"
+    make_sample_dataset(raw, per_class=8, seed=61)
+    config = dataclasses.replace(load_config(), warehouse=str(tmp_path / "warehouse"), output=str(output),
+                                 workdir=str(tmp_path))
+    run_ingest(spark, config, raw, "e1")
+    run_preprocess(spark, config, "e1")
+    run_export(spark, config, "e1")
+    published = (output / MANIFEST_FILE).read_text()
+
+    def samples() -> dict:
+        return {split: sorted(s for batch in make_dataloader(str(output), split, batch_size=1, shuffle=False,
+                                                             workers=1, collate=False)
+                              for s in batch["sample_id"])
+                for split in SPLITS}
+
+    before = samples()
+    assert sum(map(len, before.values())) == sum(s["rows"] for s in json.loads(published)["splits"].values())
+
+    def export(run_id: str) -> list:
+        return ["export", "--warehouse", config.warehouse, "--output", str(output), "--run-id", run_id,
+                "--set", f"workdir={json.dumps(str(tmp_path))}", "--set", "progress.interval_seconds=0"]
+
+    job = start_job(*export("e2"), log_path=str(tmp_path / "killed.log"))
+    # Killed once the new version's first split is on disk, before the manifest that would publish it.
+    kill_when(job, lambda: bool(glob.glob(str(output / "v-e2" / "*" / "*.parquet"))))
+    assert (output / MANIFEST_FILE).read_text() == published
+    assert not (output / "v-e2" / MANIFEST_FILE).exists()
+    assert samples() == before  # the published version reads whole, beside the half-written one
+
+    again = subprocess.run([LAUNCHER, *export("e3")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((output / MANIFEST_FILE).read_text())["version_dir"] == "v-e3"
+    assert samples() == before  # same tables, same samples
+    # The half-written folder goes first when old versions are cleaned up (export.keep_versions = 2).
+    assert sorted(p.name for p in output.glob("v-*")) == ["v-e1", "v-e3"]
