@@ -292,6 +292,38 @@ def test_credentials_from_the_environment_reach_no_log_or_summary(s3_pipeline, s
     assert re.search(r"s3a://lake/delta", text)  # the check looked where the tables are
 
 
+def test_credentials_reach_nothing_a_spark_submit_run_writes(s3, s3_endpoint, raw_in_s3, tmp_path):
+    """The whole pipeline through ./spark-submit.sh with INFO logs and Spark's event log on: the key and
+    secret it signs with are in none of its console output, logs, summary, event log, manifest or commits."""
+    fs, bucket = s3
+    bucket("lake-submit")
+    events = tmp_path / "events"
+    events.mkdir()
+    env = {**os.environ, "SPARK_SUBMIT_OPTS_EXTRA": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}"}
+    run = subprocess.run(
+        [os.path.join(ROOT, "spark-submit.sh"), "pipeline", "--input", raw_in_s3[0],
+         "--warehouse", "s3a://lake-submit/delta", "--output", "s3a://lake-submit/shards",
+         "--set", f"storage.s3.endpoint={s3_endpoint}", "--set", f"workdir={json.dumps(str(tmp_path))}",
+         "--set", "preprocess.size=32"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    written = [run.stdout, run.stderr]
+    for folder, _, names in os.walk(tmp_path):  # summaries, logs, the event log, the report
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                written.append(f.read().decode("utf-8", "replace"))
+    assert any("SparkListenerApplicationStart" in text for text in written)  # the event log was looked at
+    for info in fs.get_file_info(pafs.FileSelector("lake-submit", recursive=True)):
+        if info.type == pafs.FileType.File and info.path.endswith((".json", ".crc", ".txt")):
+            with fs.open_input_stream(info.path) as f:  # Delta commits, manifests, classes
+                written.append(f.read().decode("utf-8", "replace"))
+    assert any('"commitInfo"' in text for text in written) and any('"splits"' in text for text in written)
+    text = "\n".join(written)
+    assert "INFO" in text and s3_endpoint in text  # the run logged, and logged where it wrote
+    assert TEST_AWS_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in text
+    assert TEST_AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"] not in text
+
+
 def test_the_modern_environment_trains_from_s3(s3_pipeline, s3_endpoint):
     """numpy 2, a current pyarrow and no Petastorm or Spark (.venv-modern): the arrow backend reads from s3://
     with the endpoint from the environment."""
