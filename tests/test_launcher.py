@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -14,15 +15,18 @@ from conftest import ROOT
 LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
 
 
-def launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def launch(*args: str, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:
+    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.mark.slow
 def test_pipeline_on_embedded_default(tmp_path):
-    work = tmp_path / "work"
+    work, events = tmp_path / "work", tmp_path / "events"
+    events.mkdir()
     result = launch("pipeline", "--set", f"workdir={work}", "--warehouse", str(work / "warehouse"),
-                    "--output", str(work / "shards"), "--set", "preprocess.size=64")
+                    "--output", str(work / "shards"), "--set", "preprocess.size=64",
+                    env={"SPARK_SUBMIT_OPTS_EXTRA": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}"})
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     seen = re.search(r"files seen\s+(\d+) = ingested (\d+) \+ updated (\d+) \+ unchanged (\d+) \+ duplicates (\d+)"
@@ -48,6 +52,19 @@ def test_pipeline_on_embedded_default(tmp_path):
         rows = list(reader)
     assert len(rows) == manifest["splits"]["val"]["rows"]
     assert rows[0].image.shape == (64, 64, 3)
+
+    # Where the time went, from the run's event log: every Spark job in one of the four stages, and the
+    # stages (with the time before the first job and after the last) make up the application's wall time.
+    profile = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "profile_run.py"), str(events), "--json"],
+                             capture_output=True, text=True, check=True)
+    run = json.loads(profile.stdout)
+    by_stage = {row["stage"]: row for row in run["stages"]}
+    assert {"ingest", "preprocess", "export", "report"} <= set(by_stage), by_stage
+    assert sum(row["jobs"] for row in run["stages"]) == run["jobs"] and "(no stage)" not in by_stage
+    assert abs(sum(row["wall_s"] for row in run["stages"]) - run["wall_s"]) < 0.01
+    assert by_stage["ingest"]["input_mb"] > 1 and by_stage["preprocess"]["tasks"] > 0
+    for stage in ("preprocess", "export"):  # the profile and the summary's own clock agree
+        assert abs(by_stage[stage]["wall_s"] - summary["seconds"][stage]) < 3, (stage, by_stage[stage], summary["seconds"])
 
 
 @pytest.mark.parametrize(

@@ -131,10 +131,11 @@ def run_job(
     log.info("%s run %s with config %s", job, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job}")
     try:
-        prepare_storage(spark, config, job)
         started = time.monotonic()
-        with progress.track(spark, config.progress.interval_seconds, job):
-            summary = {"job": job, "run_id": run_id, **run(spark, config, args, run_id)}
+        with progress.stage(job):
+            prepare_storage(spark, config, job)
+            with progress.track(spark, config.progress.interval_seconds, job):
+                summary = {"job": job, "run_id": run_id, **run(spark, config, args, run_id)}
         summary.setdefault("seconds", {})[job] = round(time.monotonic() - started, 3)
         if "warehouse" in _JOB_LOCATIONS.get(job, ()):
             summary["delta_versions"] = {t: tables.log_version(spark, config.table_path(t)) for t in TABLES}

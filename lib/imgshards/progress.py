@@ -108,12 +108,29 @@ def track(spark, interval_s: float, job: str) -> Iterator[Optional[Progress]]:
         _current = None
 
 
+# The Spark jobs a stage starts carry its name in this local property (event logs keep it with each job:
+# scripts/profile_run.py groups by it), and in their description (the Spark UI's job list shows it).
+STAGE_PROPERTY = "imgshards.stage"
+
+
 @contextlib.contextmanager
 def stage(name: str, images: Optional[int] = None) -> Iterator[None]:
     """Name the pipeline stage the block runs (and how many images it expects, when known)."""
+    from pyspark import SparkContext
+
     if _current is not None:
         _current.begin(name, images)
-    yield
+    sc = SparkContext._active_spark_context
+    previous = sc.getLocalProperty(STAGE_PROPERTY) if sc is not None else None
+    if sc is not None:
+        sc.setLocalProperty(STAGE_PROPERTY, name)
+        sc.setJobDescription(name)
+    try:
+        yield
+    finally:
+        if sc is not None:
+            sc.setLocalProperty(STAGE_PROPERTY, previous)
+            sc.setJobDescription(previous)
 
 
 def images_counter():
