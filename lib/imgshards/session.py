@@ -56,6 +56,8 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "4g")
+        # As conf/spark/local.conf: Delta's 50 state-reconstruction tasks per snapshot are for clusters.
+        .config("spark.databricks.delta.snapshotPartitions", "2")
     )
     for key, value in {**spark_defaults(), **(conf or {})}.items():
         builder = builder.config(key, value)
