@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 from PIL import Image
@@ -33,39 +31,7 @@ from imgshards.sample import replicate_dataset
 from imgshards.tables import temporary_conf
 from imgshards.session import PROJECT_ROOT, build_session
 
-
-class WorkerRss:
-    """Samples the peak resident memory (VmHWM) of Spark's Python worker processes while it runs."""
-
-    def __init__(self):
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.wait(0.2):
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        cmd = f.read()
-                    if b"pyspark.daemon" not in cmd and b"pyspark.worker" not in cmd:
-                        continue
-                    with open(f"/proc/{pid}/status") as f:
-                        for line in f:
-                            if line.startswith("VmHWM:"):
-                                self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-                except OSError:
-                    continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from bench_memory import TreePeak  # scripts/ is on sys.path when a script runs
 
 
 def make_large(source_files, target: str, megapixels: float, count: int) -> list:
@@ -118,11 +84,11 @@ def job_rate(spark, config, raw: str, backend: str, work: str, runs: int = 2) ->
     best, peak = 0.0, 0.0
     for _ in range(runs):
         shutil.rmtree(cfg.table_path("processed"), ignore_errors=True)
-        with WorkerRss() as rss:
+        with TreePeak(os.getpid()) as rss:  # the Python workers are children of this process's JVM
             start = time.perf_counter()
             counts = run_preprocess(spark, cfg, "bench")
             seconds = time.perf_counter() - start
-        best, peak = max(best, counts.processed / seconds), max(peak, rss.peak_kb / 1024)
+        best, peak = max(best, counts.processed / seconds), max(peak, rss.python)
     return best, peak, counts.processed
 
 
