@@ -101,8 +101,8 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
 
 
 def _bmp_rle_truncated(data: bytes) -> bool:
-    """Walk an RLE8/RLE4 BMP's codes to the end-of-bitmap code. Pillow's RLE decoder stops quietly where
-    the data ends and fills the rest of the image (11.3 to 13.0 do), so a cut file would pass as valid."""
+    """Walk an RLE8/RLE4 BMP's codes to the end-of-bitmap code (or its last row). Pillow's RLE decoder stops
+    quietly where the data ends; the header probe alone let a cut file in, to fail only at its full decode."""
     if len(data) < 34 or int.from_bytes(data[14:18], "little") < 40:
         return False  # no BITMAPINFOHEADER, so no compression field
     compression = int.from_bytes(data[30:34], "little")
