@@ -121,6 +121,6 @@ def test_damaged_files_never_crash_and_are_never_taken_for_whole(spark, tmp_path
             whole = np.asarray(imaging.decode(originals[variant.source], config.ingest.max_pixels))
             assert pixels.shape == whole.shape and np.array_equal(pixels, whole), name
         kinds[variant.kind] += 1
-    # The corpus did damage: most cut, re-marked or oversized files are quarantined, most flips are not.
+    # The corpus did damage: cut and oversized files are quarantined, most bit flips (in pixel data) are not.
     assert kinds["truncate"] < VARIANTS // 50 and kinds["oversize"] == 0
     assert VARIANTS // 10 < kinds["bitflip"] < VARIANTS // 5
