@@ -15,6 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
 
 
+LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
+
+
+def launch(*args: str, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:
+    """``./spark-submit.sh <args>`` run to its end, output captured; ``env`` adds to this environment."""
+    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
 def shared_dataset(name: str) -> str:
     """Path of a ../shared dataset, or skip the test with the reason."""
     path = os.path.join(SHARED_DATASETS, name)

@@ -14,17 +14,14 @@ from collections import Counter
 
 import pytest
 
-from conftest import ROOT
+from conftest import LAUNCHER, ROOT, launch
 from imgshards.config import load_config
 from imgshards.export import MANIFEST_FILE, run_export
-from imgshards.ingest import run_ingest
+from imgshards.ingest import has_extension, run_ingest
 from imgshards.loader import make_dataloader
 from imgshards.preprocess import run_preprocess
 from imgshards.sample import make_sample_dataset
 from imgshards.schemas import SPLITS
-
-LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
-
 
 def start_job(*args: str, log_path: str) -> subprocess.Popen:
     """``./spark-submit.sh <args>`` in its own process group (so one killpg takes driver JVM and Python)."""
@@ -94,8 +91,7 @@ def test_streaming_ingest_killed_mid_batch_restarts_from_its_checkpoint(spark, t
     with open(tmp_path / "killed.log") as f:
         assert "Traceback" not in f.read()
 
-    again = subprocess.run([LAUNCHER, *ingest_args(raw, tmp_path, "--stream")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = launch(*ingest_args(raw, tmp_path, "--stream"))
     assert again.returncode == 0, again.stderr[-3000:]
     paths = every_file_once(spark, str(tmp_path / "warehouse"))
     assert max(paths.values()) == 1, [p for p, n in paths.items() if n > 1]
@@ -109,7 +105,7 @@ def test_streaming_ingest_killed_mid_batch_restarts_from_its_checkpoint(spark, t
 def test_batch_ingest_killed_before_its_commit_leaves_the_tables_as_they_were(spark, tmp_path):
     first, more = str(tmp_path / "raw" / "first"), str(tmp_path / "raw" / "more")
     make_sample_dataset(first, per_class=6, seed=51)
-    done = subprocess.run([LAUNCHER, *ingest_args(first, tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = launch(*ingest_args(first, tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     images = str(tmp_path / "warehouse" / "images")
     before_files, before_log = committed_files(images), sorted(os.listdir(os.path.join(images, "_delta_log")))
@@ -125,15 +121,14 @@ def test_batch_ingest_killed_before_its_commit_leaves_the_tables_as_they_were(sp
     after_rows = sorted(map(tuple, spark.read.format("delta").load(images).select("path", "sha256").collect()))
     assert after_rows == before_rows, "files of an uncommitted transaction are visible"
 
-    again = subprocess.run([LAUNCHER, *ingest_args(str(tmp_path / "raw"), tmp_path)], cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
+    again = launch(*ingest_args(str(tmp_path / "raw"), tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     paths = every_file_once(spark, str(tmp_path / "warehouse"))
     assert max(paths.values()) == 1
     listed = sum(1 for _, _, names in os.walk(tmp_path / "raw") for n in names if not n.startswith("."))
+    extensions = load_config().ingest.extensions
     non_images = sum(1 for _, _, names in os.walk(tmp_path / "raw") for n in names
-                     if not n.startswith(".") and n.rsplit(".", 1)[-1].lower() not in
-                     ("jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"))
+                     if not n.startswith(".") and not has_extension(n, extensions))
     assert len(paths) == listed - non_images
 
 
@@ -168,7 +163,7 @@ def test_export_killed_before_publishing_leaves_the_previous_version_readable(sp
     assert not (output / "v-e2" / MANIFEST_FILE).exists()
     assert samples() == before  # the published version reads whole, beside the half-written one
 
-    again = subprocess.run([LAUNCHER, *export("e3")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = launch(*export("e3"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((output / MANIFEST_FILE).read_text())["version_dir"] == "v-e3"
     assert samples() == before  # same tables, same samples

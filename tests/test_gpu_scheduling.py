@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, standalone_cluster
+from conftest import LAUNCHER, ROOT, standalone_cluster
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest
 from imgshards.sample import make_sample_dataset
@@ -41,7 +41,7 @@ def test_each_task_gets_a_gpu_and_auto_falls_back_to_dali_cpu(spark, tmp_path, f
         f"--conf spark.executor.resource.gpu.discoveryScript={ROOT}/scripts/fakeGpusResources.sh",
     ])
     result = subprocess.run(
-        [os.path.join(ROOT, "spark-submit.sh"), "--profile", "gpu", "--master", fake_gpu_cluster, "preprocess", "--warehouse", config.warehouse,
+        [LAUNCHER, "--profile", "gpu", "--master", fake_gpu_cluster, "preprocess", "--warehouse", config.warehouse,
          "--set", f"workdir={tmp_path}", "--set", "preprocess.size=32", "--set", "preprocess.backend=auto"],
         env={**os.environ, "SPARK_SUBMIT_OPTS_EXTRA": extra}, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )

@@ -10,14 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-
-LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
-
-
-def launch(*args: str, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:
-    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+from conftest import ROOT, launch
 
 
 @pytest.mark.slow
@@ -97,8 +90,7 @@ def test_unknown_job_and_profile():
 
 def test_cluster_run_with_a_missing_packed_environment_fails_naming_it(tmp_path):
     missing = str(tmp_path / "imgshards-env.tar.gz")
-    result = subprocess.run([LAUNCHER, "--profile", "standalone", "doctor"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "IMGSHARDS_ENV_ARCHIVE": missing})
+    result = launch("--profile", "standalone", "doctor", timeout=120, env={"IMGSHARDS_ENV_ARCHIVE": missing})
     assert result.returncode == 2
     assert missing in result.stderr and "scripts/package.sh" in result.stderr
 

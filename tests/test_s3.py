@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, TEST_AWS_CREDENTIALS, free_port, moto_server
+from conftest import ROOT, TEST_AWS_CREDENTIALS, free_port, launch, moto_server
 from imgshards import cli
 from imgshards.config import load_config
 from imgshards.filesystems import s3_filesystem
@@ -299,13 +299,10 @@ def test_credentials_reach_nothing_a_spark_submit_run_writes(s3, s3_endpoint, ra
     bucket("lake-submit")
     events = tmp_path / "events"
     events.mkdir()
-    env = {**os.environ, "SPARK_SUBMIT_OPTS_EXTRA": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}"}
-    run = subprocess.run(
-        [os.path.join(ROOT, "spark-submit.sh"), "pipeline", "--input", raw_in_s3[0],
-         "--warehouse", "s3a://lake-submit/delta", "--output", "s3a://lake-submit/shards",
-         "--set", f"storage.s3.endpoint={s3_endpoint}", "--set", f"workdir={json.dumps(str(tmp_path))}",
-         "--set", "preprocess.size=32"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = launch("pipeline", "--input", raw_in_s3[0], "--warehouse", "s3a://lake-submit/delta",
+                 "--output", "s3a://lake-submit/shards", "--set", f"storage.s3.endpoint={s3_endpoint}",
+                 "--set", f"workdir={json.dumps(str(tmp_path))}", "--set", "preprocess.size=32", timeout=900,
+                 env={"SPARK_SUBMIT_OPTS_EXTRA": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events}"})
     assert run.returncode == 0, run.stderr[-3000:]
     written = [run.stdout, run.stderr]
     for folder, _, names in os.walk(tmp_path):  # summaries, logs, the event log, the report
