@@ -9,12 +9,11 @@ install_big_wheels() {
   mkdir -p "$wheelhouse"
   for package in "$@"; do
     pin="$(grep -E "^${package}==" "$root/constraints.txt")"
-    file="$(ls "$wheelhouse"/"${package//-/_}"-"${pin#*==}"-*.whl 2>/dev/null | head -1 || true)"
-    for attempt in 1 2 3; do
-      [[ -n "$file" ]] && break
-      "$python" -m pip download --quiet --no-deps --dest "$wheelhouse" "$pin" >&2 ||
-        printf '[setup] download of %s failed (attempt %d of 3)\n' "$pin" "$attempt" >&2
+    for attempt in 0 1 2 3; do
       file="$(ls "$wheelhouse"/"${package//-/_}"-"${pin#*==}"-*.whl 2>/dev/null | head -1 || true)"
+      [[ -n "$file" || "$attempt" == 3 ]] && break
+      "$python" -m pip download --quiet --no-deps --dest "$wheelhouse" "$pin" >&2 ||
+        printf '[setup] download of %s failed (attempt %d of 3)\n' "$pin" "$((attempt + 1))" >&2
     done
     [[ -n "$file" ]] || { printf '[setup] could not download %s\n' "$pin" >&2; return 1; }
     "$python" -m pip install --quiet --no-deps "$file"

@@ -32,7 +32,6 @@ class Job:
     call_site: str
     submitted: int  # ms since the epoch
     completed: int = 0
-    spark_stages: list = field(default_factory=list)
     tasks: int = 0
     task_ms: int = 0
     input_bytes: int = 0
@@ -83,8 +82,7 @@ def read_run(path: str) -> Run:
             properties = event.get("Properties") or {}
             job = Job(event["Job ID"], properties.get(STAGE_PROPERTY) or "(no stage)",
                       properties.get("callSite.short") or "", event["Submission Time"])
-            job.spark_stages = list(event.get("Stage IDs") or [])
-            for stage_id in job.spark_stages:
+            for stage_id in event.get("Stage IDs") or []:
                 stage_jobs[stage_id] = job.job_id
             run.jobs[job.job_id] = job
         elif kind == "SparkListenerJobEnd":

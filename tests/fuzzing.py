@@ -90,11 +90,11 @@ def variants(sources: dict, count: int, seed: int) -> list:
     """``count`` damaged variants of ``sources`` (name -> bytes of a valid image), kinds in turn."""
     rng = random.Random(seed)
     names = sorted(sources)
+    formats = {name: imaging.probe(data, 1 << 40).format for name, data in sources.items()}
     out = []
     for i in range(count):
         kind, source = KINDS[i % len(KINDS)], names[rng.randrange(len(names))]
-        data = sources[source]
-        fmt = imaging.probe(data, 1 << 40).format
+        data, fmt = sources[source], formats[source]
         ext = EXTENSIONS[fmt]
         if kind == "bitflip":
             damaged = bit_flips(data, rng)
