@@ -388,20 +388,39 @@ def ingest_batch(
     probed = probed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = IngestCounts(batches=1)
-        probed_rows, read_bytes = probed.agg(F.count(F.lit(1)), F.coalesce(F.sum("size_bytes"), F.lit(0))).head()
-        read = probed_rows + oversized.count()
-        counts.read_bytes = int(read_bytes)
+        # The one pass over the files' bytes (sha256, probe, dHash) also gives every count it decides.
+        read = probed_ok = 0
+        reasons: Counter = Counter(reason for _, _, reason, _ in rejected)
+        for row in _outcomes(probed, oversized).collect():
+            read += row["count"]
+            counts.read_bytes += row["read_bytes"] or 0
+            if row["reason"] is None:
+                probed_ok = row["count"]
+            else:
+                reasons[row["reason"]] += row["count"]
         if listed is not None and read < len(listed):
-            rejected = list(rejected) + _vanished(listed, probed, oversized)
+            vanished = _vanished(listed, probed, oversized)
+            rejected = list(rejected) + vanished
+            reasons.update(reason for _, _, reason, _ in vanished)
         counts.seen = read + len(rejected)
+        counts.quarantine_reasons = dict(sorted(reasons.items()))
+        counts.quarantined = sum(reasons.values())
+        quarantine = _quarantine_rows(spark, probed, oversized, rejected, run_id)
         # A conflict with a concurrent writer redoes the write from the tables' new version: files another
         # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
-        tables.retry_on_conflict("ingest", lambda: _write(spark, config, readable, probed, oversized, rejected,
+        tables.retry_on_conflict("ingest", lambda: _write(spark, config, readable, probed, probed_ok, quarantine,
                                                           counts, run_id))
     finally:
         probed.unpersist()
     counts.check()
     return counts
+
+
+def _outcomes(probed: DataFrame, oversized: DataFrame) -> DataFrame:
+    """(reason, count, read_bytes) over the probed files and the oversized ones (which are never read)."""
+    files = probed.select("reason", F.col("size_bytes").alias("read")).unionByName(
+        oversized.select("reason", F.lit(0).cast("long").alias("read")))
+    return files.groupBy("reason").agg(F.count(F.lit(1)).alias("count"), F.sum("read").alias("read_bytes"))
 
 
 def _vanished(listed: dict, probed: DataFrame, oversized: DataFrame) -> list:
@@ -426,88 +445,120 @@ def _quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, r
     )
 
 
-def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, oversized: DataFrame, rejected, counts: IngestCounts,
-           run_id: str) -> None:
-    ingest = config.ingest
-    now = F.current_timestamp()
-    images_path = config.table_path(IMAGES_TABLE)
-    table = tables.ensure_table(spark, images_path, IMAGES_SCHEMA).toDF()
-    live = table.filter(F.col("deleted_at").isNull())
-    quarantine = _quarantine_rows(spark, probed, oversized, rejected, run_id)
+# Accepted rows up to this many are broadcast when their bytes are joined back to them, so that the image
+# bytes are not shuffled (616 MB for 5,161 photos); beyond it, a shuffle join.
+BROADCAST_ROWS = 1_000_000
+BUCKETS_WRITTEN = ("ingested", "updated")
 
-    good = probed.filter(F.col("reason").isNull())
-    unchanged = good.join(live.select("path", "sha256"), ["path", "sha256"], "left_semi")
-    rest = good.join(live.select("path", "sha256"), ["path", "sha256"], "left_anti")
-    known_sha = live.groupBy("sha256").agg(F.min("path").alias("existing_path"))
+
+def _classified(probed: DataFrame, table: DataFrame) -> DataFrame:
+    """The probed files that passed, each with its ``bucket`` (unchanged, duplicates, updated, ingested)
+    against the table's rows, and ``duplicate_of`` for the duplicates: the live path that has the content
+    already, or the first path (in path order) that has it in this batch."""
+    known = table.select("path", F.col("sha256").alias("_known_sha256"), F.col("deleted_at").isNull().alias("_known_live"))
+    known_sha = table.filter(F.col("deleted_at").isNull()).groupBy("sha256").agg(F.min("path").alias("_existing_path"))
+    # Unchanged rows take part in the window harmlessly: their content is live, so any other row with it
+    # gets the live path first.
     first_in_batch = F.first("path").over(Window.partitionBy("sha256").orderBy("path"))
-    rest = (
-        rest.join(known_sha, "sha256", "left")
+    unchanged = F.coalesce((F.col("_known_sha256") == F.col("sha256")) & F.col("_known_live"), F.lit(False))
+    return (
+        probed.filter(F.col("reason").isNull())
+        .join(known, "path", "left")
+        .join(known_sha, "sha256", "left")
         .withColumn("_first", first_in_batch)
         .withColumn("duplicate_of",
-                    F.coalesce(F.col("existing_path"), F.when(F.col("_first") != F.col("path"), F.col("_first"))))
-        .drop("_first", "existing_path")
-        .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
-        .persist(StorageLevel.MEMORY_AND_DISK)
+                    F.coalesce(F.col("_existing_path"), F.when(F.col("_first") != F.col("path"), F.col("_first"))))
+        .withColumn("bucket", F.when(unchanged, F.lit("unchanged"))
+                    .when(F.col("duplicate_of").isNotNull(), F.lit("duplicates"))
+                    .when(F.col("_known_sha256").isNotNull(), F.lit("updated"))
+                    .otherwise(F.lit("ingested")))
+        .drop("_first", "_existing_path", "_known_sha256", "_known_live")
     )
+
+
+def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, probed_ok: int, quarantine: DataFrame,
+           counts: IngestCounts, run_id: str) -> None:
+    """Sort the probed files into buckets against the tables' latest version (one aggregation gives every
+    count), then write only what changes: a re-run that finds nothing new commits nothing."""
+    ingest = config.ingest
+    now = F.current_timestamp()
+    table = tables.ensure_table(spark, config.table_path(IMAGES_TABLE), IMAGES_SCHEMA).toDF()
+    classified = (_classified(probed, table)
+                  .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        accepted = rest.filter(F.col("duplicate_of").isNull())
-        duplicates = rest.filter(F.col("duplicate_of").isNotNull())
-
-        reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}
-        counts.quarantine_reasons = dict(sorted(reasons.items()))
-        counts.quarantined = sum(reasons.values())
-        counts.unchanged = unchanged.count()
-        counts.duplicates = duplicates.count()
-        counts.updated = accepted.join(table.select("path"), "path", "left_semi").count()
-        counts.ingested = accepted.count() - counts.updated
+        buckets: Counter = Counter()
+        unlabeled = 0
+        for r in classified.groupBy("bucket", F.col("label").isNull().alias("unlabeled")).count().collect():
+            buckets[r["bucket"]] += r["count"]
+            unlabeled += r["count"] if r["unlabeled"] and r["bucket"] in BUCKETS_WRITTEN else 0
+        if sum(buckets.values()) != probed_ok:
+            raise RuntimeError(f"ingest sorted {sum(buckets.values())} files into buckets, but {probed_ok} passed the probe")
+        counts.unchanged, counts.duplicates = buckets["unchanged"], buckets["duplicates"]
+        counts.updated, counts.ingested = buckets["updated"], buckets["ingested"]
         counts.check()
+        accepted = classified.filter(F.col("bucket").isin(*BUCKETS_WRITTEN))
+        if ingest.labels.source != "none":
+            examples = accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect() if unlabeled else []
+            counts.labels_report.update(files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
+                                        files_without_label_examples=[r[0] for r in examples])
 
-        clusters = None
-        if ingest.near_duplicates.enabled and counts.ingested + counts.updated:
-            clusters = _near_duplicate_clusters(spark, config, accepted, live, counts)
-        images = accepted
-        if clusters is not None:
-            images = (accepted.join(clusters, "sha256", "left")
-                      .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
-        else:
-            images = images.withColumn("near_dup_cluster", F.lit(None).cast("string"))
-        # The bytes are read again here rather than carried through the probe: a second sequential
-        # read is far cheaper than spilling every image to disk. The sha256 check catches a file that
-        # changed in between; the written row count is checked against what was accepted.
-        content = files.select("path", "content", F.sha2("content", 256).alias("_sha"))
-        images = images.join(content, "path").filter(F.col("_sha") == F.col("sha256")).select(
-            "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
-            "phash", "near_dup_cluster", now.alias("ingested_at"), F.lit(None).cast("timestamp").alias("deleted_at"),
-            F.lit(run_id).alias("run_id"),
-        )
         metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
                     "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
         with tables.commit_metadata(spark, metadata):
-            # Keyed on path: a changed file replaces its row (the old content stays reachable by time
-            # travel); a file that comes back after being marked deleted is live again.
-            # Two MERGEs: new paths go through Delta's insert-only MERGE (one pass over the source, no
-            # rewrite of existing files); the rare changed or restored paths through the full MERGE.
-            known_paths = table.select("path")
-            written = tables.upsert(spark, images_path, IMAGES_SCHEMA,
-                                    images.join(known_paths, "path", "left_anti"), ["path"])
-            if counts.updated:
-                written += tables.upsert(spark, images_path, IMAGES_SCHEMA,
-                                         images.join(known_paths, "path", "left_semi"), ["path"],
-                                         update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
-            if written != counts.ingested + counts.updated:
-                raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
-                                   "files changed while ingest was reading them; run it again")
-            tables.upsert(
-                spark, config.table_path(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
-                duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
-                ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of",
-            )
-            tables.upsert(
-                spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine, QUARANTINE_KEYS,
-                update_when=QUARANTINE_CHANGED,
-            )
+            if counts.ingested + counts.updated:
+                _write_images(spark, config, files, accepted, table, counts, run_id)
+            if counts.duplicates:
+                tables.upsert(
+                    spark, config.table_path(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
+                    classified.filter(F.col("bucket") == "duplicates").select(
+                        "path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
+                    ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of", check_first=True,
+                )
+            if counts.quarantined:
+                tables.upsert(spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
+                              QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True)
     finally:
-        rest.unpersist()
+        classified.unpersist()
+
+
+def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, table: DataFrame,
+                  counts: IngestCounts, run_id: str) -> None:
+    """The accepted rows, with their near-duplicate clusters and their bytes, into ``images``."""
+    clusters = None
+    if config.ingest.near_duplicates.enabled:
+        clusters = _near_duplicate_clusters(spark, config, accepted, table.filter(F.col("deleted_at").isNull()), counts)
+    if clusters is not None:
+        accepted = (accepted.join(clusters, "sha256", "left")
+                    .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
+    else:
+        accepted = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
+    if counts.ingested + counts.updated <= BROADCAST_ROWS:
+        accepted = F.broadcast(accepted)
+    # The bytes are read again here rather than carried through the probe: a second sequential read is far
+    # cheaper than spilling every image to disk. The sha256 check catches a file that changed in between;
+    # the written row count is checked against what was accepted.
+    content = files.select("path", "content", F.sha2("content", 256).alias("_sha"))
+    images = content.join(accepted, "path").filter(F.col("_sha") == F.col("sha256")).select(
+        "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
+        "phash", "near_dup_cluster", F.current_timestamp().alias("ingested_at"),
+        F.lit(None).cast("timestamp").alias("deleted_at"), F.lit(run_id).alias("run_id"), "bucket",
+    )
+    # Keyed on path: a changed file replaces its row (the old content stays reachable by time travel); a
+    # file that comes back after being marked deleted is live again. New paths go through Delta's
+    # insert-only MERGE (one pass over the source, no rewrite of existing files; unlike a blind append it
+    # conflicts with a concurrent ingest, whose retry then finds that run's content as duplicates); the
+    # rare changed or restored paths through the full MERGE.
+    images_path = config.table_path(IMAGES_TABLE)
+    written = 0
+    if counts.ingested:
+        written += tables.upsert(spark, images_path, IMAGES_SCHEMA, images.filter(F.col("bucket") == "ingested"), ["path"])
+    if counts.updated:
+        written += tables.upsert(spark, images_path, IMAGES_SCHEMA, images.filter(F.col("bucket") == "updated"), ["path"],
+                                 update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
+    if written != counts.ingested + counts.updated:
+        raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
+                           "files changed while ingest was reading them; run it again")
 
 
 def _near_duplicate_clusters(spark, config: PipelineConfig, accepted: DataFrame, live: DataFrame,
@@ -559,15 +610,6 @@ def _labels_report(spark, config: PipelineConfig, labels: DataFrame, relatives: 
         unmatched.unpersist()
 
 
-def _unlabeled_report(spark, config: PipelineConfig, counts: IngestCounts, run_id: str) -> None:
-    if config.ingest.labels.source == "none":
-        return
-    images = spark.read.format("delta").load(config.table_path(IMAGES_TABLE))
-    missing = images.filter((F.col("run_id") == run_id) & F.col("label").isNull())
-    counts.labels_report["files_without_label"] = missing.count() + counts.quarantine_reasons.get("unlabeled", 0)
-    counts.labels_report["files_without_label_examples"] = [r[0] for r in missing.select("path").limit(EXAMPLES).collect()]
-
-
 def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
     """Ingest every image under ``input_root`` (batch); returns the counts (already checked to add up)."""
     ingest = config.ingest
@@ -597,9 +639,8 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     counts.skipped_hidden, counts.skipped_non_image = skipped_hidden, skipped_non_image
     counts.check()
     if labels is not None:
-        counts.labels_report = _labels_report(spark, config, labels, [f.relative for f in listing])
+        counts.labels_report.update(_labels_report(spark, config, labels, [f.relative for f in listing]))
         labels.unpersist()
-    _unlabeled_report(spark, config, counts, run_id)
     if ingest.missing == "mark_deleted":
         counts.marked_deleted = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
     return counts

@@ -147,7 +147,7 @@ def run_preprocess(
             tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
             tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records), \
             progress.stage("preprocess", images=live):
-        return _run_preprocess(spark, config, run_id, images, version)
+        return _run_preprocess(spark, config, run_id, images, version, live)
 
 
 def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -> int:
@@ -159,8 +159,8 @@ def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -
 
 
 def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, images: DataFrame,
-                    version: int) -> PreprocessCounts:
-    """run_preprocess on the live rows of ``images`` (Delta version ``version``)."""
+                    version: int, live: int) -> PreprocessCounts:
+    """run_preprocess on the ``live`` rows of ``images`` (Delta version ``version``)."""
     fingerprint = config.output_fingerprint()
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
     processed_path = config.table_path(PROCESSED_TABLE)
@@ -172,6 +172,11 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
     copies = augmented_copies(images, config)
     if copies is not None:
         todo = todo.unionByName(copies.join(done, list(SAMPLE_KEY), "left_anti").join(images, "sha256"))
+    wanted = live + (copies.count() if copies is not None else 0)
+    if todo.select(*SAMPLE_KEY).isEmpty():  # keys only: a run with nothing to make reads no image bytes
+        counts.already_processed = wanted
+        log.info("preprocess: nothing to make, %d samples already processed", wanted)
+        return counts
     results = (
         todo.select(*SAMPLE_KEY, "augment_seed", "path", "label", "split", "size_bytes",
                     process_column(F.col("content"), F.col("augment_seed"), config.preprocess,
@@ -202,7 +207,6 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
         counts.backends, counts.task_gpus = dict(backends), dict(task_gpus)
         counts.quarantine_reasons = dict(sorted(reasons.items()))
         counts.quarantined = sum(reasons.values())
-        wanted = images.count() + (copies.count() if copies is not None else 0)
         counts.already_processed = wanted - counts.processed - counts.quarantined
         if config.preprocess.backend == "auto" and counts.task_gpus and not any("gpu:" in k for k in counts.backends):
             counts.gpu_fallback = ("auto: tasks were given GPUs " + ",".join(sorted(counts.task_gpus))

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Optional, Sequence, TypeVar
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StructField, StructType
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +59,10 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTab
     def create() -> None:
         if not DeltaTable.isDeltaTable(spark, path):
             log.info("creating Delta table %s", path)
-            spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(path)
+            # A metadata-only first commit (no empty Parquet file, no write job): 0.4 s against 1.4 s for
+            # writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
+            nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
+            DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
 
     retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
     table = DeltaTable.forPath(spark, path)
@@ -71,7 +74,15 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTab
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
-    return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
+    """The table's latest version. Asked of open-source Delta's transaction log in the JVM (about 10 ms, no
+    Spark job); where that class is not there (Databricks ships Delta under other names), from the table's
+    history (a Spark job, about 0.3 s)."""
+    try:
+        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+        none = spark._jvm.scala.Option.empty()
+        return int(delta_log.update(False, none, none).version())
+    except Exception:  # noqa: BLE001 - Py4J raises whatever the JVM side does; the public API answers the same
+        return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
 
 
 def log_version(spark: SparkSession, path: str) -> Optional[int]:
@@ -161,13 +172,25 @@ def upsert(
     keys: Sequence[str],
     *,
     update_when: Optional[str] = None,
+    check_first: bool = False,
 ) -> int:
     """MERGE ``rows`` into the table at ``path`` keyed on ``keys``: insert new keys; update matched rows
     when ``update_when`` (a condition on ``t``/``s``) holds, or never when it is None. Re-running with the
-    same rows changes nothing. Returns the rows inserted + updated (from the commit's metrics)."""
+    same rows changes nothing. Returns the rows inserted + updated (from the commit's metrics).
+
+    ``check_first``: count the rows the MERGE would insert or update with one join first, and skip the
+    MERGE when there are none (a MERGE that changes nothing still plans, scans and checks for conflicts:
+    several Spark jobs). For small sources that are cheap to compute twice (quarantine, duplicates)."""
     table = ensure_table(spark, path, schema)
     before = latest_version(spark, path)
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    if check_first:
+        target = table.toDF().alias("t")
+        changes = F.col(f"t.`{keys[0]}`").isNull()
+        if update_when is not None:
+            changes = changes | F.expr(update_when)
+        if rows.alias("s").join(target, F.expr(condition), "left").filter(changes).limit(1).count() == 0:
+            return 0
     merge = table.alias("t").merge(rows.select(*schema.fieldNames()).alias("s"), condition)
     if update_when is not None:
         merge = merge.whenMatchedUpdateAll(condition=update_when)
