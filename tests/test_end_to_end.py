@@ -16,7 +16,8 @@ from PIL import Image, ImageOps
 
 from imgshards.config import load_config
 from imgshards.export import run_export
-from imgshards.ingest import run_ingest, split_of
+from imgshards.ingest import run_ingest
+from imgshards.rules import split_of
 from imgshards.loader import IMAGENET_MEAN, IMAGENET_STD, make_dataloader
 from imgshards.preprocess import run_preprocess
 from imgshards.sample import make_sample_dataset

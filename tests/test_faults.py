@@ -17,7 +17,8 @@ import pytest
 from conftest import LAUNCHER, ROOT, launch
 from imgshards.config import load_config
 from imgshards.export import MANIFEST_FILE, run_export
-from imgshards.ingest import has_extension, run_ingest
+from imgshards.ingest import run_ingest
+from imgshards.rules import has_extension
 from imgshards.loader import make_dataloader
 from imgshards.preprocess import run_preprocess
 from imgshards.sample import make_sample_dataset

@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import shared_dataset
 from imgshards import imaging
 from imgshards.config import load_config
-from imgshards.ingest import run_ingest, run_ingest_stream, split_of
+from imgshards.ingest import run_ingest, run_ingest_stream
+from imgshards.rules import split_of
 from imgshards.preprocess import run_preprocess
 
 

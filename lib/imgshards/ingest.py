@@ -3,16 +3,16 @@
 Every file seen ends up in exactly one bucket of :class:`IngestCounts`; the run fails if they do not add
 up. Only headers are read for format and size; the optional perceptual hash decodes JPEGs at 1/8 scale.
 Batch (:func:`run_ingest`) and streaming (:func:`run_ingest_stream`) apply the same per-batch logic
-(:func:`ingest_batch`), a Delta MERGE keyed on path, so re-runs and replays add nothing twice.
+(:func:`ingest_batch`): one pass over the bytes, one aggregation for the buckets, then MERGEs keyed on path
+of only what changes, so re-runs and replays add nothing twice. The per-file rules are in
+:mod:`imgshards.rules`, near-duplicate clustering in :mod:`imgshards.near_duplicates`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import posixpath
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
@@ -23,8 +23,18 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import imaging, progress, storage, tables
-from imgshards.config import LabelsConfig, PipelineConfig, SplitConfig, join_path
+from imgshards import imaging, near_duplicates, progress, storage, tables
+from imgshards.config import LabelsConfig, PipelineConfig, join_path
+from imgshards.rules import (
+    EXAMPLES,
+    extension_glob,
+    group_from_path,
+    has_extension,
+    is_hidden,
+    label_from_path,
+    split_column,
+    split_key_column,
+)
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
     DUPLICATES_TABLE,
@@ -39,7 +49,6 @@ from imgshards.schemas import (
 log = logging.getLogger(__name__)
 
 INGEST_STAGE = "ingest"
-EXAMPLES = 5
 
 # Spark's binaryFile schema; a streaming source must be given it.
 BINARY_FILE_SCHEMA = StructType(
@@ -111,76 +120,6 @@ class IngestCounts:
                     report[key] = (report.get(key, []) + value)[:EXAMPLES]
                 else:
                     report[key] = report.get(key, 0) + value
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pure per-file rules
-
-
-def is_hidden(relative_path: str) -> bool:
-    """Hidden the way Spark's file index sees it: a path part starting with '.' or '_'."""
-    return any(part.startswith((".", "_")) for part in relative_path.split("/"))
-
-
-ANY_EXTENSION = "*"
-
-
-def extension_glob(extensions) -> str:
-    """A Hadoop glob matching the extensions case-insensitively: ``*.{[jJ][pP][gG],...}`` (``*``: any file)."""
-    if ANY_EXTENSION in extensions:
-        return "*"
-    alternatives = ["".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext) for ext in extensions]
-    return "*.{" + ",".join(alternatives) + "}"
-
-
-def has_extension(relative_path: str, extensions) -> bool:
-    if ANY_EXTENSION in extensions:
-        return True
-    return posixpath.splitext(relative_path)[1].lower().lstrip(".") in extensions
-
-
-def label_from_path(relative_path: str, labels: LabelsConfig) -> Optional[str]:
-    """The label that the folder layout gives: a named regex group, or the folder ``folder_level`` up."""
-    if labels.source != "folder":
-        return None
-    if labels.folder_regex:
-        match = re.search(labels.folder_regex, relative_path)
-        return match.group("label") if match else None
-    folders = relative_path.split("/")[:-1]
-    return folders[-labels.folder_level] if len(folders) >= labels.folder_level else None
-
-
-def group_from_path(relative_path: str, group_regex: Optional[str]) -> Optional[str]:
-    if not group_regex:
-        return None
-    match = re.search(group_regex, relative_path)
-    return match.group("group") if match else None
-
-
-def split_key_column(sha256: F.Column, group_key: F.Column) -> F.Column:
-    """The hash that decides the split: the content's, or the group's when the row has a group."""
-    return F.when(group_key.isNull(), sha256).otherwise(F.sha2(group_key, 256))
-
-
-def split_column(key_sha256: F.Column, split: SplitConfig) -> F.Column:
-    """train/val/test from the first 32 bits of a sha256 hex string: stable across runs and machines."""
-    position = F.conv(F.substring(key_sha256, 1, 8), 16, 10).cast("double") / float(2**32)
-    return (
-        F.when(position < split.train, F.lit("train"))
-        .when(position < split.train + split.val, F.lit("val"))
-        .otherwise(F.lit("test"))
-    )
-
-
-def split_of(sha256: str, split: SplitConfig, group_key: Optional[str] = None) -> str:
-    """The same rule as :func:`split_column` on :func:`split_key_column`, in Python."""
-    key = sha256 if group_key is None else hashlib.sha256(group_key.encode()).hexdigest()
-    position = int(key[:8], 16) / float(2**32)
-    if position < split.train:
-        return "train"
-    if position < split.train + split.val:
-        return "val"
-    return "test"
 
 
 def _probe_batches(
@@ -258,87 +197,6 @@ def read_labels_file(spark: SparkSession, labels: LabelsConfig) -> DataFrame:
 
 def _label_key(relative: F.Column, labels: LabelsConfig) -> F.Column:
     return relative if labels.key == "path" else F.element_at(F.split(relative, "/"), -1)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Near-duplicates
-
-
-def _bands(max_distance: int) -> list[tuple[int, int]]:
-    """(offset, width) of max_distance + 1 bit bands covering 64 bits: two hashes at most max_distance
-    bits apart agree on at least one whole band (pigeonhole), so a join on bands finds every pair."""
-    n = max_distance + 1
-    widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
-    offsets = [sum(widths[:i]) for i in range(n)]
-    return list(zip(offsets, widths))
-
-
-def _banded(df: DataFrame, max_distance: int) -> DataFrame:
-    bands = [
-        F.struct(F.lit(i).alias("band"), F.shiftright(F.col("phash"), offset).bitwiseAND(F.lit((1 << width) - 1).cast("long")).alias("value"))
-        for i, (offset, width) in enumerate(_bands(max_distance))
-    ]
-    return df.select("*", F.explode(F.array(*bands)).alias("b")).select("*", "b.band", "b.value").drop("b")
-
-
-def near_duplicate_pairs(new: DataFrame, others: DataFrame, max_distance: int) -> DataFrame:
-    """Pairs (a from ``new``, b from ``others``) whose perceptual hashes are at most ``max_distance`` bits apart."""
-    a = _banded(new.select("sha256", "phash", "path", "split"), max_distance).alias("a")
-    b = _banded(others.select("sha256", "phash", "path", "split", "existing"), max_distance).alias("b")
-    return (
-        a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
-               & (F.col("a.sha256") != F.col("b.sha256")))
-        .select(F.col("a.sha256").alias("a"), F.col("a.path").alias("a_path"), F.col("a.split").alias("a_split"),
-                F.col("b.sha256").alias("b"),
-                F.col("b.path").alias("b_path"), F.col("b.split").alias("b_split"), F.col("b.existing").alias("b_existing"),
-                F.expr("bit_count(a.phash ^ b.phash)").alias("distance"))
-        .filter(F.col("distance") <= max_distance)
-        .dropDuplicates(["a", "b"])
-    )
-
-
-def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tuple[dict, dict]:
-    """Union-find over near-duplicate pairs. Returns ({sha256 of a new row: (cluster id, split)}, report).
-
-    A cluster that already has rows in the table keeps their (most common) split, since ingested rows
-    never move; otherwise it takes the split of its smallest sha256. With ``same_split`` false, rows keep
-    their own split and crossing clusters are only reported.
-    """
-    parent: dict = {}
-
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    existing_split, paths = {}, {}
-    for p in pairs:
-        parent[find(p["a"])] = find(p["b"])
-        paths[p["a"]], paths[p["b"]] = p["a_path"], p["b_path"]
-        if p["b_existing"]:
-            existing_split[p["b"]] = p["b_split"]
-    members: dict = {}
-    for sha in list(parent):
-        members.setdefault(find(sha), []).append(sha)
-    assignment, crossing = {}, []
-    for shas in members.values():
-        shas.sort()
-        cluster = shas[0]
-        old = Counter(existing_split[s] for s in shas if s in existing_split)
-        target = sorted(old.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if old else new_splits.get(cluster) or new_splits[
-            next(s for s in shas if s in new_splits)]
-        splits = set(old)
-        for sha in shas:
-            if sha in new_splits:
-                split = target if same_split else new_splits[sha]
-                assignment[sha] = (cluster, split)
-                splits.add(split)
-        if len(splits) > 1:
-            crossing.append({"cluster": cluster, "splits": sorted(splits), "paths": sorted(paths[s] for s in shas)[:EXAMPLES]})
-    report = {"clusters": len(members), "crossing_splits": len(crossing), "crossing_examples": crossing[:EXAMPLES]}
-    return assignment, report
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -527,7 +385,8 @@ def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: Dat
     """The accepted rows, with their near-duplicate clusters and their bytes, into ``images``."""
     clusters = None
     if config.ingest.near_duplicates.enabled:
-        clusters = _near_duplicate_clusters(spark, config, accepted, table.filter(F.col("deleted_at").isNull()), counts)
+        clusters, counts.near_duplicates = near_duplicates.clusters(
+            spark, config.ingest.near_duplicates, accepted, table.filter(F.col("deleted_at").isNull()))
     if clusters is not None:
         accepted = (accepted.join(clusters, "sha256", "left")
                     .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
@@ -559,32 +418,6 @@ def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: Dat
     if written != counts.ingested + counts.updated:
         raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
                            "files changed while ingest was reading them; run it again")
-
-
-def _near_duplicate_clusters(spark, config: PipelineConfig, accepted: DataFrame, live: DataFrame,
-                             counts: IngestCounts) -> Optional[DataFrame]:
-    """(sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates."""
-    nd = config.ingest.near_duplicates
-    new = accepted.filter(F.col("phash").isNotNull())
-    others = (
-        live.filter(F.col("phash").isNotNull()).select("sha256", "phash", "path", "split", F.lit(True).alias("existing"))
-        .unionByName(new.select("sha256", "phash", "path", "split", F.lit(False).alias("existing")))
-    )
-    pairs = near_duplicate_pairs(new, others, nd.max_distance).collect()
-    counts.near_duplicates = {"pairs": len(pairs)}
-    if not pairs:
-        counts.near_duplicates.update(clusters=0, crossing_splits=0, crossing_examples=[])
-        return None
-    new_splits = {p["a"]: p["a_split"] for p in pairs}
-    new_splits.update((p["b"], p["b_split"]) for p in pairs if not p["b_existing"])
-    assignment, report = assign_clusters(pairs, new_splits, nd.same_split)
-    counts.near_duplicates.update(report)
-    if report["crossing_splits"]:
-        log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", report["crossing_splits"], report["crossing_examples"][:1])
-    return spark.createDataFrame(
-        [(sha, cluster, split) for sha, (cluster, split) in assignment.items()],
-        "sha256 string, near_dup_cluster string, cluster_split string",
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
