@@ -34,6 +34,7 @@ def test_overrides_are_typed_from_yaml():
         ("ingest.split.train=0.9", "ingest.split"),
         ("ingest.max_bytes=3000000000", "ingest.max_bytes"),
         ("ingest.extensions=[]", "ingest.extensions"),
+        ("ingest.content=link", "ingest.content"),
         ("preprocess.draft=maybe", "preprocess.draft"),
         ("export.row_group_size_mb=0", "export.row_group_size_mb"),
         ("preprocess", "key=value"),

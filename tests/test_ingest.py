@@ -314,3 +314,43 @@ def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
                                    group_regex=None, phash=True))
     assert probed["reason"].iloc[0] == "not_an_image" and pd.isna(probed["phash"].iloc[0])
     assert [int(v) for v in probed["phash"].iloc[1:]] == [phash for _, phash in photos]
+
+
+def test_reference_content_reads_sources_by_path_and_quarantines_changed_ones(spark, tmp_path):
+    """ingest.content=reference keeps no bytes in images; preprocess reads each source by path and makes the
+    same samples as copy mode; the report still shows near-duplicates (from the processed samples); later a
+    source changed since ingest is quarantined as changed_since_ingest (same size or not), one that is gone
+    as unreadable, and the others are still made."""
+    from imgshards.report.collect import gather
+
+    raw = tmp_path / "raw"
+    for i in range(6):
+        write_jpeg(raw / ("cat" if i % 2 else "dog") / f"{i}.jpg", photo(10 + i))
+    write_jpeg(raw / "dog" / "0-again.jpg", photo(10), quality=60)  # a near-duplicate of 0.jpg
+    copy = make_config(tmp_path / "copy")
+    reference = make_config(tmp_path / "reference", "ingest.content=reference")
+    for config in (copy, reference):
+        assert run_ingest(spark, config, str(raw), "r1").ingested == 7
+        assert run_preprocess(spark, config, "p1").processed == 7
+    images = table(spark, reference, "images")
+    assert images.count() == 7 and images.filter("content IS NOT NULL").count() == 0
+    assert table(spark, copy, "images").filter("content IS NULL").count() == 0
+    made = {r["sha256"]: bytes(r["image"]) for r in table(spark, copy, "processed").collect()}
+    assert {r["sha256"]: bytes(r["image"]) for r in table(spark, reference, "processed").collect()} == made
+    shown = gather(spark, reference)["near_duplicates"]["shown"]
+    assert shown and all(m["thumb"] for cluster in shown for m in cluster["members"])
+
+    same_size = bytearray((raw / "dog" / "0.jpg").read_bytes())
+    same_size[len(same_size) // 2] ^= 0xFF
+    (raw / "dog" / "0.jpg").write_bytes(bytes(same_size))
+    write_jpeg(raw / "cat" / "1.jpg", photo(99), quality=70)
+    os.remove(raw / "dog" / "2.jpg")
+    again = run_preprocess(spark, make_config(tmp_path / "reference", "ingest.content=reference",
+                                              "preprocess.size=48"), "p2")
+    assert again.processed == 4
+    assert again.quarantine_reasons == {"changed_since_ingest": 2, "unreadable": 1}
+    verdicts = {r["path"].rsplit("/", 1)[-1]: (r["reason"], r["detail"])
+                for r in table(spark, reference, "quarantine").filter("stage = 'preprocess'").collect()}
+    assert {name: reason for name, (reason, _) in verdicts.items()} == {
+        "0.jpg": "changed_since_ingest", "1.jpg": "changed_since_ingest", "2.jpg": "unreadable"}
+    assert "sha256" in verdicts["0.jpg"][1]

@@ -46,6 +46,9 @@ class SplitConfig:
 LABEL_SOURCES = ("folder", "file", "none")
 LABEL_KEYS = ("path", "name")
 MISSING_POLICIES = ("keep", "mark_deleted")
+# copy: images.content holds the file's bytes; reference: only its path, sha256 and header fields (the
+# source stays where it is and preprocess reads it by path, checking the sha256).
+CONTENT_MODES = ("copy", "reference")
 
 
 def _check_regex(key: str, pattern: Optional[str], group: str) -> None:
@@ -116,6 +119,7 @@ class IngestConfig:
     group_regex: Optional[str] = None
     near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
     missing: str = "keep"
+    content: str = "copy"
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def validate(self) -> None:
@@ -125,6 +129,8 @@ class IngestConfig:
         _check_regex("ingest.group_regex", self.group_regex, "group")
         if self.missing not in MISSING_POLICIES:
             raise ConfigError(f"ingest.missing must be one of {list(MISSING_POLICIES)}, got {self.missing!r}")
+        if self.content not in CONTENT_MODES:
+            raise ConfigError(f"ingest.content must be one of {list(CONTENT_MODES)}, got {self.content!r}")
         if not self.extensions:
             raise ConfigError("ingest.extensions must name at least one extension")
         for ext in self.extensions:

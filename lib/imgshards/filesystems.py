@@ -6,6 +6,7 @@ standard way (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, the in
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 from urllib.parse import urlparse
@@ -68,3 +69,19 @@ def arrow_filesystem(url: str, endpoint: Optional[str] = None, path_style: Optio
     if parsed.scheme in S3_SCHEMES:
         return s3_filesystem(endpoint, path_style, region, timeout_s=timeout_s), (parsed.netloc + parsed.path).rstrip("/")
     return pafs.FileSystem.from_uri(url)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: Optional[str], path_style: Optional[bool], region: Optional[str]) -> pafs.S3FileSystem:
+    return s3_filesystem(endpoint, path_style, region)
+
+
+def open_source(path: str, s3: tuple = (None, None, None)):
+    """An open pyarrow input file for a path as Spark names it (``file:/x``, ``s3a://bucket/key``, ...),
+    in a Python worker: the bytes do not pass through the JVM. ``s3``: (endpoint, path style, region); one
+    S3 client per process and settings."""
+    parsed = urlparse(path)
+    if parsed.scheme in S3_SCHEMES:
+        return _s3_client(*s3).open_input_file(parsed.netloc + parsed.path)
+    fs, inner = arrow_filesystem(path)
+    return fs.open_input_file(inner)

@@ -24,6 +24,7 @@ QUARANTINE_REASONS = {
     "too_many_pixels": "width x height exceeds ingest.max_pixels (decompression-bomb guard)",
     "corrupt": "the decoder rejected the image data",
     "unreadable": "the file could not be read from storage",
+    "changed_since_ingest": "ingest.content is reference and the source file's bytes no longer match its sha256",
     "unlabeled": "labels are required (ingest.labels.required) and none was found for the file",
 }
 

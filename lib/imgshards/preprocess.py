@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 from pyspark.sql.window import Window
 
-from imgshards import dali_backend, progress, tables
+from imgshards import dali_backend, progress, storage, tables
 from imgshards.augment import copies_per_image
 from imgshards.config import PipelineConfig, PreprocessConfig
 from imgshards.schemas import (
@@ -29,7 +29,7 @@ from imgshards.schemas import (
     QUARANTINE_TABLE,
     SAMPLE_KEY,
 )
-from imgshards.transform import RESULT_COLUMNS, place, process_series
+from imgshards.transform import RESULT_COLUMNS, fetch_sources, place, process_series
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +68,30 @@ def task_gpu_address() -> Optional[str]:
     return gpu.addresses[0] if gpu is not None and gpu.addresses else None
 
 
-def process_column(content: Column, seed: Column, settings: PreprocessConfig, max_pixels: int) -> Column:
-    """The preprocess transform as a Column: struct of _RESULT_TYPE. The placement is resolved once per
-    task, inside the task (DALI and CUDA must not be touched on the driver or before the fork). Images done
-    are added to the progress accumulator, when there is one."""
+def process_column(content: Column, seed: Column, settings: PreprocessConfig, max_pixels: int,
+                   source: Optional[tuple] = None, s3: tuple = (None, None, None)) -> Column:
+    """The preprocess transform as a Column: struct of _RESULT_TYPE. ``source``: the (path, size_bytes,
+    sha256) columns, for rows ingested by reference (content null: the worker reads the file by path, see
+    transform.fetch_sources). The placement is resolved once per task, inside the task (DALI and CUDA must
+    not be touched on the driver or before the fork). Images done are added to the progress accumulator,
+    when there is one."""
     done = progress.images_counter()
+    path, size, sha256 = source or (F.lit(None).cast("string"), F.lit(None).cast("long"), F.lit(None).cast("string"))
 
     @F.pandas_udf(_RESULT_TYPE)
-    def preprocess_udf(batches: Iterator[Tuple[pd.Series, pd.Series]]) -> Iterator[pd.DataFrame]:
+    def preprocess_udf(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.DataFrame]:
         placement = None
-        for contents, seeds in batches:
+        for contents, seeds, paths, sizes, shas in batches:
             if placement is None:
                 placement = place(settings.backend, task_gpu_address(), dali_backend.cuda_usable)
                 if placement.note:
                     log.warning(placement.note)
+            contents = fetch_sources(contents, paths, sizes, shas, s3)
             yield process_series(contents, seeds, settings, max_pixels, placement)
             if done is not None:
                 done.add(len(contents))
 
-    return preprocess_udf(content, seed)
+    return preprocess_udf(content, seed, path, size, sha256)
 
 
 def samples_to_make(images: DataFrame, config: PipelineConfig) -> DataFrame:
@@ -180,7 +185,8 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
     results = (
         todo.select(*SAMPLE_KEY, "augment_seed", "path", "label", "split", "size_bytes",
                     process_column(F.col("content"), F.col("augment_seed"), config.preprocess,
-                                   config.ingest.max_pixels).alias("r"))
+                                   config.ingest.max_pixels, (F.col("path"), F.col("size_bytes"), F.col("sha256")),
+                                   storage.s3_settings(spark)).alias("r"))
         .select("*", "r.*").drop("r")
         .persist(StorageLevel.DISK_ONLY)
     )

@@ -7,6 +7,7 @@ benchmarks and tools call it directly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -16,6 +17,7 @@ import pandas as pd
 from imgshards import dali_backend, imaging
 from imgshards.augment import dali_inputs, sample_params
 from imgshards.config import PreprocessConfig
+from imgshards.filesystems import open_source
 
 log = logging.getLogger(__name__)
 _DALI_DECODER_FAILED = False  # set for the rest of the process once DALI's decoder rejected a batch
@@ -54,6 +56,32 @@ def place(requested: str, task_gpu: Optional[str], cuda_usable) -> Placement:
     return Placement("dali-cpu", None, task_gpu, note=f"auto: {why}, falling back to dali-cpu")
 
 
+def fetch_sources(contents: pd.Series, paths: pd.Series, sizes: pd.Series, shas: pd.Series, s3: tuple) -> pd.Series:
+    """Each row's image bytes: its ``content``, or, for a row ingested by reference (content null), the
+    source file read by path in this worker (the bytes never pass through the JVM). A source that is gone
+    becomes an :class:`imaging.ImageError` ``unreadable``, one whose size or sha256 differs from ingest's
+    ``changed_since_ingest``; :func:`process_series` quarantines those. ``s3``: (endpoint, path style,
+    region) as the session has them, for s3:// and s3a:// paths (credentials come the standard AWS way)."""
+    out = list(contents)
+    for i, data in enumerate(out):
+        if data is None:
+            out[i] = _read_source(paths.iloc[i], int(sizes.iloc[i]), shas.iloc[i], s3)
+    return pd.Series(out, index=contents.index, dtype=object)
+
+
+def _read_source(path: str, size: int, sha256: str, s3: tuple):
+    try:
+        with open_source(path, s3) as f:
+            if f.size() != size:
+                return imaging.ImageError("changed_since_ingest", f"{f.size()} bytes now, {size} at ingest")
+            data = f.read()
+    except (OSError, ValueError) as e:  # gone (FileNotFoundError), denied, unreachable
+        return imaging.ImageError("unreadable", f"the referenced source could not be read: {e}"[:500])
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return imaging.ImageError("changed_since_ingest", "the source's sha256 differs from the one ingest recorded")
+    return data
+
+
 def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: PreprocessConfig, max_pixels: int,
                    placement: Placement = Placement("pil", None, None)) -> pd.DataFrame:
     """One Arrow batch of raw image bytes -> a frame of RESULT_COLUMNS. ``seeds``: null for a plain sample,
@@ -86,6 +114,9 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
     # hostile JPEGs could crash the process (seen with DALI 2.4 on the edge-cases corpus).
     dali_decodes = not _DALI_DECODER_FAILED
     for i, data in enumerate(contents):
+        if isinstance(data, imaging.ImageError):  # a referenced source that could not be used (fetch_sources)
+            quarantine(i, data)
+            continue
         seed = None if seeds is None or pd.isna(seeds.iloc[i]) else int(seeds.iloc[i])
         try:
             if seed is not None:

@@ -139,8 +139,9 @@ def profile(meta: DataFrame) -> dict:
     }
 
 
-def near_duplicates(config: PipelineConfig, meta: DataFrame, images: DataFrame) -> dict:
-    """Near-duplicate clusters, those crossing splits first, each with a few members' thumbnails."""
+def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame, images: DataFrame) -> dict:
+    """Near-duplicate clusters, those crossing splits first, each with a few members' thumbnails (from the
+    original bytes; for images ingested by reference, which have none, from their processed sample)."""
     clustered = meta.filter(F.col("near_dup_cluster").isNotNull())
     clusters = clustered.groupBy("near_dup_cluster").agg(
         F.count(F.lit(1)).alias("size"), F.countDistinct("split").alias("splits"),
@@ -150,8 +151,14 @@ def near_duplicates(config: PipelineConfig, meta: DataFrame, images: DataFrame) 
     shown = (clusters.orderBy(F.desc(F.col("splits") > 1), F.desc("size"), "near_dup_cluster")
              .limit(config.report.near_duplicate_clusters).collect())
     wanted = {m["sha256"] for c in shown for m in c["members"]}
-    thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted))) if wanted else None,
+    thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted)) & F.col("content").isNotNull()) if wanted else None,
                          "content", F.col("format"), config)
+    referenced = sorted(wanted - set(thumbs))
+    processed = _table(spark, config, PROCESSED_TABLE) if referenced else None
+    if processed is not None:
+        current = processed.filter((F.col("config_fingerprint") == config.output_fingerprint()) & (F.col("copy") == 0)
+                                   & F.col("sha256").isin(referenced)).dropDuplicates(["sha256"])
+        thumbs.update(_thumbnails(current, "image", F.col("image_format"), config))
     return {
         "clusters": totals[0], "crossing": totals[1],
         "shown": [{"id": c["near_dup_cluster"], "size": c["size"], "crossing": c["splits"] > 1,
@@ -230,7 +237,7 @@ def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = N
         data["fates"] = fates(spark, config, runs)
         if meta is not None:
             data["profile"] = profile(meta)
-            data["near_duplicates"] = near_duplicates(config, meta, live)
+            data["near_duplicates"] = near_duplicates(spark, config, meta, live)
             data["samples"] = samples(spark, config, meta)
         else:
             data.update(profile=None, near_duplicates=None, samples={"grid": [], "augmented": []})
