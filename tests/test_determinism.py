@@ -81,6 +81,6 @@ def test_pipeline_from_scratch_twice_gives_identical_tables_and_samples(spark, r
     assert a["images"][0] > 30 and a["processed"][0] > a["images"][0], "augmented copies are part of the check"
     assert a == b
 
-    # Run again into the same location: no content changes, the export republished with the same samples.
+    # Run again into the same location: no content changes, the published export kept with the same samples.
     run_pipeline(raw, tmp_path / "a", "run-a2")
     assert digests(spark, tmp_path / "a", raw) == a

@@ -170,6 +170,33 @@ def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
     assert spark.read.format("delta").load(config.table_path("processed")).count() == manifest.images
 
 
+def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_changes(spark, config, tmp_path):
+    from imgshards.pipeline import run_pipeline
+    from imgshards.tables import latest_version
+
+    raw = tmp_path / "raw"
+    make_sample_dataset(str(raw), per_class=3, seed=8)
+    own = dataclasses.replace(config, input=str(raw), warehouse=str(tmp_path / "warehouse"), output=str(tmp_path / "shards"),
+                              workdir=str(tmp_path), report=dataclasses.replace(config.report, enabled=False))
+    first = run_pipeline(spark, own, "first")
+    assert not first["export"]["kept"] and first["export"]["version_dir"].endswith("v-first")
+    names = ("images", "quarantine", "duplicates", "processed")
+    versions = {name: latest_version(spark, own.table_path(name)) for name in names}
+    assert first["ingest"]["quarantined"] and first["ingest"]["duplicates"], "the re-run must meet rows it could rewrite"
+
+    again = run_pipeline(spark, own, "again")
+    assert again["export"]["kept"] and again["export"]["version_dir"] == first["export"]["version_dir"]
+    assert again["export"]["rows"] == first["export"]["rows"]
+    assert {name: latest_version(spark, own.table_path(name)) for name in names} == versions  # no empty commits
+    with open(os.path.join(own.output, "manifest.json")) as f:
+        assert json.load(f)["run_id"] == "first"
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(raw / "new.png")
+    changed = run_pipeline(spark, own, "changed")
+    assert not changed["export"]["kept"] and changed["export"]["version_dir"].endswith("v-changed")
+    assert sum(changed["export"]["rows"].values()) == sum(first["export"]["rows"].values()) + 1
+
+
 def test_batches_are_bounded_by_bytes_and_pixels():
     from imgshards.preprocess import BATCH_BYTES, BATCH_PIXELS, batch_records
 

@@ -49,6 +49,7 @@ class ExportResult:
     rows: dict = field(default_factory=dict)  # split -> rows
     read_bytes: int = 0  # encoded images read from processed
     written_bytes: int = 0  # Parquet files written, all splits
+    kept: bool = False  # the published version already held these samples; nothing was written (pipeline)
 
 
 MANIFEST_FORMAT = 2  # 2: split paths relative to the manifest's folder; 1 (no field): absolute URLs
@@ -161,6 +162,31 @@ def _manifest_text(manifest: dict, prefix: str) -> str:
     splits = {name: {**info, "path": posixpath.relpath(info["path"], prefix or ".")}
               for name, info in manifest["splits"].items()}
     return json.dumps({**manifest, "splits": splits}, indent=2, default=list)
+
+
+def published_as_is(spark: SparkSession, config: PipelineConfig, source_version: int) -> Optional[ExportResult]:
+    """The export published at ``config.output`` when it is what an export of ``images`` version
+    ``source_version`` with these settings would write again (same table, version, fingerprints and export
+    settings, its version folder still there), else None. For a pipeline run in which ingest changed nothing
+    and preprocess made nothing: the samples of that version are then exactly the published ones."""
+    text = storage.read_text(spark, join_path(config.output, MANIFEST_FILE))
+    if text is None:
+        return None
+    manifest = json.loads(text)
+    augment = config.augment_fingerprint() if config.preprocess.augment.enabled else None
+    export_settings = json.loads(json.dumps(config.to_dict()["export"], default=list))
+    if (manifest.get("source") != {"table": config.table_path(IMAGES_TABLE), "version": source_version}
+            or manifest.get("config_fingerprint") != config.output_fingerprint()
+            or manifest.get("augment_fingerprint") != augment
+            or manifest.get("config", {}).get("export") != export_settings):
+        return None
+    version_dir = join_path(config.output, manifest["version_dir"])
+    if storage.read_text(spark, join_path(version_dir, MANIFEST_FILE)) is None:
+        return None
+    splits = manifest["splits"]
+    return ExportResult(output=config.output, version_dir=version_dir, source_version=source_version,
+                        classes=manifest["classes"], counts={split: info["per_class"] for split, info in splits.items()},
+                        rows={split: info["rows"] for split, info in splits.items()}, kept=True)
 
 
 def run_export(

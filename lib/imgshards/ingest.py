@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import urlparse
 
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark import InheritableThread, StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
@@ -279,7 +279,12 @@ def ingest_batch(
         # The one pass over the files' bytes (sha256, probe, dHash) also gives every count it decides.
         read = probed_ok = 0
         reasons: Counter = Counter(reason for _, _, reason, _ in rejected)
-        for row in _outcomes(probed, oversized).collect():
+        # While the executors probe, the driver opens (or creates) the images table: a JVM's first Delta
+        # operation loads Delta's classes and log machinery, about 2 s that would otherwise follow the pass.
+        opening = _in_background(tables.ensure_table, spark, config.table_path(IMAGES_TABLE), IMAGES_SCHEMA)
+        outcomes = _outcomes(probed, oversized).collect()
+        opening.join()
+        for row in outcomes:
             read += row["count"]
             counts.read_bytes += row["read_bytes"] or 0
             if row["reason"] is None:
@@ -302,6 +307,20 @@ def ingest_batch(
         probed.unpersist()
     counts.check()
     return counts
+
+
+def _in_background(call, *args) -> InheritableThread:
+    """Run ``call(*args)`` in a thread that inherits the Spark job properties (the stage); an error is left
+    for the caller's own later call to raise."""
+    def run() -> None:
+        try:
+            call(*args)
+        except Exception as e:  # noqa: BLE001 - _write opens the table again and raises what it finds
+            log.debug("background %s failed: %s", getattr(call, "__name__", call), e)
+
+    thread = InheritableThread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def _outcomes(probed: DataFrame, oversized: DataFrame) -> DataFrame:

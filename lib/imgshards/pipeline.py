@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 
 from imgshards import progress
 from imgshards.config import PipelineConfig, join_path
-from imgshards.export import run_export
+from imgshards.export import published_as_is, run_export
 from imgshards.ingest import run_ingest
 from imgshards.preprocess import run_preprocess
 from imgshards.report import write_report
@@ -50,7 +50,14 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
     with _timed(seconds, "preprocess"):
         preprocess = run_preprocess(spark, config, run_id)
     with _timed(seconds, "export"):
-        export = run_export(spark, config, run_id, preprocess.source_version)
+        # Nothing ingested, updated or marked deleted, nothing made: the published export, if it came from
+        # this version with these settings, is what a new one would hold; it stays published.
+        unchanged = not (ingest.ingested or ingest.updated or ingest.marked_deleted or preprocess.processed)
+        export = published_as_is(spark, config, preprocess.source_version) if unchanged else None
+        if export is None:
+            export = run_export(spark, config, run_id, preprocess.source_version)
+        else:
+            log.info("nothing changed since %s was published: kept it", export.version_dir)
     summary = {
         "input": input_root,
         "tables": {name: join_path(config.warehouse, name) for name in ("images", "quarantine", "duplicates", "processed")},
@@ -86,7 +93,7 @@ def format_summary(summary: dict) -> str:
         f" + already processed {pre['already_processed']} + quarantined {pre['quarantined']} ({pre_reasons})",
         f"  backends     {', '.join(f'{k}={v}' for k, v in sorted((pre['backends'] or {}).items())) or '(none)'}",
         "export",
-        f"  shards       {summary['output']}",
+        f"  shards       {summary['output']}" + ("  (nothing changed: the published version kept)" if export["kept"] else ""),
     ]
     for split, rows in export["rows"].items():
         lines.append(f"  {split:<12} {rows} rows")
