@@ -103,6 +103,23 @@ def test_pipeline_s3a_to_s3a_accounts_for_every_object(s3_pipeline, s3):
     assert written["manifest_format"] == 2 and "s3a://" not in json.dumps(written["splits"])  # relative paths
 
 
+def test_reference_content_reads_the_sources_from_s3_in_the_python_workers(spark, s3_endpoint, raw_in_s3, tmp_path):
+    """ingest.content=reference on an s3a:// input: images keeps no bytes, and preprocess's Python workers read
+    every source from the S3 server themselves (pyarrow, with storage.s3 and the environment's credentials)."""
+    from imgshards.ingest import run_ingest
+    from imgshards.preprocess import run_preprocess
+
+    raw, manifest = raw_in_s3
+    config = s3_config(s3_endpoint, warehouse=str(tmp_path / "warehouse"), workdir=str(tmp_path))
+    config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, content="reference"))
+    cli.prepare_storage(spark, dataclasses.replace(config, input=raw), "ingest")
+    assert run_ingest(spark, config, raw, "ref").ingested == manifest.images
+    images = spark.read.format("delta").load(config.table_path("images"))
+    assert images.filter("content IS NOT NULL").count() == 0
+    made = run_preprocess(spark, config, "ref")
+    assert made.processed == manifest.images and made.quarantined == 0
+
+
 def test_history_reads_the_tables_on_s3(s3_pipeline, spark):
     from imgshards import tables
 

@@ -421,10 +421,11 @@ def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, p
                     classified.filter(F.col("bucket") == "duplicates").select(
                         "path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
                     ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of", check_first=True,
+                    run_id=run_id,
                 )
             if counts.quarantined:
                 tables.upsert(spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
-                              QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True)
+                              QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
     finally:
         classified.unpersist()
 

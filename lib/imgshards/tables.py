@@ -52,6 +52,7 @@ class TableVersionError(ValueError):
 
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+_CREATED_HERE: set = set()  # tables this process created (empty, at version 0)
 
 
 def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTable:
@@ -63,6 +64,7 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTab
             # writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
             nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
             DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
+            _CREATED_HERE.add(path)
 
     retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
     table = DeltaTable.forPath(spark, path)
@@ -173,6 +175,7 @@ def upsert(
     *,
     update_when: Optional[str] = None,
     check_first: bool = False,
+    run_id: Optional[str] = None,
 ) -> int:
     """MERGE ``rows`` into the table at ``path`` keyed on ``keys``: insert new keys; update matched rows
     when ``update_when`` (a condition on ``t``/``s``) holds, or never when it is None. Re-running with the
@@ -180,9 +183,20 @@ def upsert(
 
     ``check_first``: count the rows the MERGE would insert or update with one join first, and skip the
     MERGE when there are none (a MERGE that changes nothing still plans, scans and checks for conflicts:
-    several Spark jobs). For small sources that are cheap to compute twice (quarantine, duplicates)."""
+    several Spark jobs). For small sources that are cheap to compute twice (quarantine, duplicates).
+
+    ``run_id`` (the rows' run_id column): when this process has just created the table (still at its empty
+    version 0), the rows are appended instead (see :func:`append`; a concurrent writer's same keys are
+    resolved there). Not for tables whose rows must also be checked against each other (images)."""
     table = ensure_table(spark, path, schema)
     before = latest_version(spark, path)
+    if run_id is not None and before == 0 and path in _CREATED_HERE:
+        rows = rows.persist()
+        try:
+            append(spark, path, schema, rows, before, keys, run_id)
+            return rows.count()
+        finally:
+            rows.unpersist()
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     if check_first:
         target = table.toDF().alias("t")
