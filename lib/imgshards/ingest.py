@@ -126,14 +126,14 @@ class IngestCounts:
 
 
 def _read_local(path: str, max_bytes: int) -> tuple:
-    """(bytes, sha256) of a local file read in this Python worker, or (None, ImageError)."""
+    """(bytes, sha256) of a local file read in this Python worker; raises :class:`imaging.ImageError`."""
     try:
         with open_source(path) as f:
             data = f.read(max_bytes + 1)
     except OSError as e:  # gone since the listing, denied
-        return None, imaging.ImageError("unreadable", f"could not be read: {e}"[:500])
+        raise imaging.ImageError("unreadable", f"could not be read: {e}"[:500]) from e
     if len(data) > max_bytes:
-        return None, imaging.ImageError("too_large_bytes", f"more than ingest.max_bytes {max_bytes} bytes when read")
+        raise imaging.ImageError("too_large_bytes", f"more than ingest.max_bytes {max_bytes} bytes when read")
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -155,21 +155,18 @@ def _probe_batches(
             row = dict.fromkeys(_PROBED_SCHEMA.fieldNames())
             row.update(path=path, relative=relative, size_bytes=int(length),
                        label=label_from_path(relative, labels), group_key=group_from_path(relative, group_regex))
-            if local:
-                content, sha256 = _read_local(path, max_bytes)
-            if isinstance(sha256, imaging.ImageError):
-                row.update(reason=sha256.reason, detail=sha256.detail)
-            elif content is None:
-                row.update(reason="unreadable", detail="no content returned by the reader")
-            else:
+            try:
+                if local:
+                    content, sha256 = _read_local(path, max_bytes)
+                elif content is None:
+                    raise imaging.ImageError("unreadable", "no content returned by the reader")
                 row["sha256"] = sha256
-                try:
-                    info = imaging.probe(content, max_pixels)
-                    row.update(format=info.format, width=info.width, height=info.height)
-                    if phash:
-                        row["phash"] = imaging.perceptual_hash(content, max_pixels)
-                except imaging.ImageError as e:
-                    row.update(reason=e.reason, detail=e.detail)
+                info = imaging.probe(content, max_pixels)
+                row.update(format=info.format, width=info.width, height=info.height)
+                if phash:
+                    row["phash"] = imaging.perceptual_hash(content, max_pixels)
+            except imaging.ImageError as e:
+                row.update(reason=e.reason, detail=e.detail)
             rows.append(row)
         # Integer columns as nullable integers from the start: a batch with one failed probe would otherwise
         # make them float64, which rounds 64-bit perceptual hashes (so near-duplicates depended on how files

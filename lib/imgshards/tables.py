@@ -77,14 +77,18 @@ def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTab
 
 def latest_version(spark: SparkSession, path: str) -> int:
     """The table's latest version. Asked of open-source Delta's transaction log in the JVM (about 10 ms, no
-    Spark job); where that class is not there (Databricks ships Delta under other names), from the table's
-    history (a Spark job, about 0.3 s)."""
+    Spark job); where that class is not there (Databricks ships Delta under other names), or where there is
+    no table (the log says -1), from the table's history (a Spark job, about 0.3 s; it raises for no table)."""
+    version = -1
     try:
         delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
         none = spark._jvm.scala.Option.empty()
-        return int(delta_log.update(False, none, none).version())
-    except Exception:  # noqa: BLE001 - Py4J raises whatever the JVM side does; the public API answers the same
-        return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
+        version = int(delta_log.update(False, none, none).version())
+    except Exception as e:  # noqa: BLE001 - Py4J raises whatever the JVM side does; the public API answers the same
+        log.debug("Delta log of %s not asked directly (%s); reading its history", path, type(e).__name__)
+    if version >= 0:
+        return version
+    return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
 
 
 def log_version(spark: SparkSession, path: str) -> Optional[int]:
