@@ -18,6 +18,7 @@ from conftest import shared_dataset
 from imgshards import imaging
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest, run_ingest_stream
+from imgshards.near_duplicates import assign_clusters
 from imgshards.rules import split_of
 from imgshards.preprocess import run_preprocess
 
@@ -193,6 +194,23 @@ def test_near_duplicates_follow_their_cluster_split(spark, tmp_path):
         assert imaging.hamming(small["phash"], orig["phash"]) <= config.ingest.near_duplicates.max_distance
     # Unrelated photos are not near-duplicates of each other.
     assert imaging.hamming(rows["p0.jpg"]["phash"], rows["p1.jpg"]["phash"]) > config.ingest.near_duplicates.max_distance
+
+
+def test_near_duplicate_clusters_split_in_the_configured_proportions():
+    """A new cluster takes the split of a member picked independently of the split rule: with the smallest
+    sha256's split, clusters of 13 near-copies (the benchmark's replicated photos) all landed in train."""
+    split = load_config(overrides=[]).ingest.split
+    pairs, new_splits = [], {}
+    for c in range(400):
+        shas = [hashlib.sha256(f"cluster {c} member {m}".encode()).hexdigest() for m in range(13)]
+        new_splits.update((s, split_of(s, split)) for s in shas)
+        pairs += [{"a": a, "a_path": a, "a_split": new_splits[a], "b": shas[0], "b_path": shas[0],
+                   "b_split": new_splits[shas[0]], "b_existing": False} for a in shas[1:]]
+    assignment, report = assign_clusters(pairs, new_splits, same_split=True)
+    assert report["clusters"] == 400 and report["crossing_splits"] == 0
+    clusters = {cluster: target for cluster, target in assignment.values()}
+    shares = {name: sum(t == name for t in clusters.values()) / len(clusters) for name in ("train", "val", "test")}
+    assert 0.7 < shares["train"] < 0.9 and 0.05 < shares["val"] < 0.15 and 0.05 < shares["test"] < 0.15, shares
 
 
 def test_near_duplicates_reported_when_not_moved(spark, tmp_path):

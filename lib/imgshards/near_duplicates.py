@@ -3,6 +3,7 @@ a Hamming distance found by a join on bit bands (no all-pairs comparison), then 
 in one split so that a near-copy of a training image does not land in validation."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from typing import Optional, Sequence
@@ -49,12 +50,20 @@ def near_duplicate_pairs(new: DataFrame, others: DataFrame, max_distance: int) -
     )
 
 
+def _representative(shas: Sequence[str]) -> str:
+    """The member whose split a new cluster takes: the smallest by a hash of its sha256, not the smallest
+    sha256 itself. The split is decided by a sha256's leading bits, so the smallest of 13 members is almost
+    always below train's 0.8 (1 - 0.2**13): clusters would all land in train. A second hash is independent
+    of those bits, so clusters split in the configured proportions."""
+    return min(shas, key=lambda s: hashlib.sha256(s.encode()).digest())
+
+
 def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tuple[dict, dict]:
     """Union-find over near-duplicate pairs. Returns ({sha256 of a new row: (cluster id, split)}, report).
 
     A cluster that already has rows in the table keeps their (most common) split, since ingested rows
-    never move; otherwise it takes the split of its smallest sha256. With ``same_split`` false, rows keep
-    their own split and crossing clusters are only reported.
+    never move; otherwise it takes the split of one member chosen by :func:`_representative`. With
+    ``same_split`` false, rows keep their own split and crossing clusters are only reported.
     """
     parent: dict = {}
 
@@ -79,8 +88,8 @@ def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tupl
         shas.sort()
         cluster = shas[0]
         old = Counter(existing_split[s] for s in shas if s in existing_split)
-        target = sorted(old.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if old else new_splits.get(cluster) or new_splits[
-            next(s for s in shas if s in new_splits)]
+        target = (sorted(old.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if old
+                  else new_splits[_representative([s for s in shas if s in new_splits])])
         splits = set(old)
         for sha in shas:
             if sha in new_splits:
