@@ -201,6 +201,22 @@ def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, 
     return reader.load(input_root).select("path", "length", "content")
 
 
+# Tasks per core of the pass over files listed on the driver: images differ in cost, and a last task left
+# alone would idle the other cores.
+LISTED_TASKS_PER_CORE = 4
+LISTED_TASK_BYTES = 128 << 20
+
+
+def listed_files(spark: SparkSession, listed: dict) -> DataFrame:
+    """(path, length) of the files the driver listed (path -> size in bytes), in tasks of at most
+    LISTED_TASK_BYTES: the input of the pass over local files, which the Python workers read themselves.
+    Spark's binaryFile would list the folder a second time (1.6 s for 5,161 files here) for nothing."""
+    sc = spark.sparkContext
+    tasks = max(LISTED_TASKS_PER_CORE * sc.defaultParallelism, -(-sum(listed.values()) // LISTED_TASK_BYTES))
+    rows = sorted(listed.items())
+    return spark.createDataFrame(sc.parallelize(rows, max(1, min(tasks, len(rows)))), "path string, length long")
+
+
 def read_labels_file(spark: SparkSession, labels: LabelsConfig) -> DataFrame:
     """The labels file as (label_key, file_label, file_group): CSV/TSV with a header, or JSON lines."""
     path = labels.file
@@ -235,10 +251,11 @@ def ingest_batch(
     labels: Optional[DataFrame] = None,
     listed: Optional[dict] = None,
 ) -> IngestCounts:
-    """Probe ``files`` (path, length, content) and MERGE them into the tables. ``rejected`` holds
-    (path, size_bytes, reason, detail) decided before reading (from the listing). ``listed`` (path ->
-    size in bytes, the image files the listing found): any of them that Spark did not read, because it
-    disappeared between the listing and the read, is quarantined as ``unreadable``. Returns checked counts."""
+    """Probe ``files`` (path, length, and content unless they are local: see :func:`listed_files`) and MERGE
+    them into the tables. ``rejected`` holds (path, size_bytes, reason, detail) decided before reading (from
+    the listing). ``listed`` (path -> size in bytes, the image files the listing found): any of them that
+    Spark did not read, because it disappeared between the listing and the read, is quarantined as
+    ``unreadable``. Returns checked counts."""
     ingest = config.ingest
     probe = functools.partial(
         _probe_batches, base=base, max_pixels=ingest.max_pixels, labels=ingest.labels,
@@ -251,7 +268,7 @@ def ingest_batch(
         "path", F.col("length").alias("size_bytes"), F.lit("too_large_bytes").alias("reason"),
         F.format_string("%d bytes > ingest.max_bytes %d", F.col("length"), F.lit(ingest.max_bytes)).alias("detail"),
     )
-    if urlparse(base).scheme == "file":
+    if "content" not in files.columns or urlparse(base).scheme == "file":
         # Local files are read by the Python workers themselves: the bytes do not cross from the JVM through
         # Arrow (on 5,161 photos the pass took 7.8 s instead of 8.5). Object stores go through Spark's reader
         # and its credentials.
@@ -299,7 +316,11 @@ def ingest_batch(
         quarantine = _quarantine_rows(spark, probed, oversized, rejected, run_id)
         # A conflict with a concurrent writer redoes the write from the tables' new version: files another
         # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
-        tables.retry_on_conflict("ingest", lambda: _write(spark, config, readable, probed, probed_ok, quarantine,
+        if "content" in files.columns or config.ingest.content == "reference":
+            with_bytes = readable
+        else:  # listed local files: Spark's reader reads the bytes to keep, by path
+            with_bytes = read_files(spark, base, config).filter(F.col("length") <= ingest.max_bytes)
+        tables.retry_on_conflict("ingest", lambda: _write(spark, config, with_bytes, probed, probed_ok, quarantine,
                                                           counts, run_id))
     finally:
         probed.unpersist()
@@ -350,9 +371,6 @@ def _quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, r
     )
 
 
-# Accepted rows up to this many are broadcast when their bytes are joined back to them, so that the image
-# bytes are not shuffled (616 MB for 5,161 photos); beyond it, a shuffle join.
-BROADCAST_ROWS = 1_000_000
 BUCKETS_WRITTEN = ("ingested", "updated")
 
 
@@ -387,7 +405,11 @@ def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, p
     count), then write only what changes: a re-run that finds nothing new commits nothing."""
     ingest = config.ingest
     now = F.current_timestamp()
-    table = tables.ensure_table(spark, config.table_path(IMAGES_TABLE), IMAGES_SCHEMA).toDF()
+    images_path = config.table_path(IMAGES_TABLE)
+    tables.ensure_table(spark, images_path, IMAGES_SCHEMA)
+    # Pinned to the version read: a write into the table makes Spark recompute the cached plans over it, and
+    # the classification (which the later writes are joined to) must not change under them.
+    table = spark.read.format("delta").option("versionAsOf", tables.latest_version(spark, images_path)).load(images_path)
     classified = (_classified(probed, table)
                   .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
                   .persist(StorageLevel.MEMORY_AND_DISK))
@@ -443,7 +465,7 @@ def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: Dat
     if config.ingest.content == "reference":  # path, sha256 and header fields only: no second read
         images = accepted.withColumn("content", F.lit(None).cast("binary"))
     else:
-        if counts.ingested + counts.updated <= BROADCAST_ROWS:
+        if counts.ingested + counts.updated <= tables.BROADCAST_ROWS:
             accepted = F.broadcast(accepted)
         # The bytes are read again here rather than carried through the probe: a second sequential read is
         # far cheaper than spilling every image to disk. The sha256 check catches a file that changed in
@@ -514,9 +536,10 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     base = storage.qualify(spark, input_root).rstrip("/")
+    # Local files: the pass takes the listing as it is (the workers read the files); elsewhere Spark's reader.
+    files = listed_files(spark, candidates) if urlparse(base).scheme == "file" else read_files(spark, input_root, config)
     with progress.stage("ingest", images=len(candidates)):
-        counts = ingest_batch(spark, config, read_files(spark, input_root, config), base, run_id,
-                              rejected=rejected, labels=labels, listed=candidates)
+        counts = ingest_batch(spark, config, files, base, run_id, rejected=rejected, labels=labels, listed=candidates)
     if counts.seen - len(rejected) < len(candidates):
         raise RuntimeError(f"listed {len(candidates)} image files under {input_root} but accounted for "
                            f"{counts.seen - len(rejected)}")

@@ -51,6 +51,10 @@ class TableVersionError(ValueError):
     """A Delta version that the table does not have; or a table that lacks columns this version writes."""
 
 
+# A join side of up to this many metadata rows (a few hundred bytes each) is broadcast, so that the other
+# side, which carries image bytes, is not shuffled (616 MB for 5,161 photos); beyond it, a shuffle join.
+BROADCAST_ROWS = 1_000_000
+
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _CREATED_HERE: set = set()  # tables this process created (empty, at version 0)
 
