@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -78,6 +80,38 @@ def get_spark(app_name: str):
     return SparkSession.builder.appName(app_name).getOrCreate()
 
 
+# Jobs whose work runs in the executors' Python workers (pandas UDFs), which start them early.
+_PYTHON_JOBS = ("ingest", "pipeline", "preprocess", "export", "report")
+
+
+def _import_worker_modules(batches):
+    """mapInPandas body run in each Python worker: import what the jobs' pandas UDFs use (pandas, pyarrow,
+    Pillow, imgshards); returns the batches as they are."""
+    for name in ("imgshards.ingest", "imgshards.transform"):
+        importlib.import_module(name)
+    yield from batches
+
+
+def start_python_workers(spark) -> threading.Thread:
+    """Start the executors' Python workers and their imports, one task per core, in a background job while
+    the driver lists files and opens tables. Workers are reused (spark.python.worker.reuse), so the first
+    pandas UDF finds them ready instead of waiting 1-1.5 s for each to start and import; a failure here
+    is left for the job's own first task to report."""
+    sc = spark.sparkContext
+
+    def run() -> None:
+        try:
+            # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
+            spark.range(0, sc.defaultParallelism, numPartitions=sc.defaultParallelism).mapInPandas(
+                _import_worker_modules, "id long").collect()
+        except Exception as e:  # noqa: BLE001
+            log.debug("starting the Python workers early failed: %s", e)
+
+    thread = threading.Thread(target=run, name="start-python-workers", daemon=True)
+    thread.start()
+    return thread
+
+
 # Which locations each job reads (input) or writes (output): checked at start, before any work.
 _JOB_LOCATIONS = {"ingest": ("input", "warehouse"), "pipeline": ("input", "warehouse", "output"),
                   "preprocess": ("warehouse",), "export": ("warehouse", "output"), "report": ("warehouse", "output"),
@@ -130,6 +164,8 @@ def run_job(
     run_id = args.run_id or new_run_id()
     log.info("%s run %s with config %s", job, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job}")
+    if job in _PYTHON_JOBS:
+        start_python_workers(spark)
     try:
         started = time.monotonic()
         with progress.stage(job):
