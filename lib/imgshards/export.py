@@ -196,30 +196,31 @@ def run_export(
     images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
     fingerprint = config.output_fingerprint()
-    samples = select_current(processed, images, config)
-
-    classes = sorted(r[0] for r in samples.select("label").distinct().collect() if r[0] is not None)
-    if classes:
-        label_index = F.create_map(*[F.lit(x) for i, name in enumerate(classes) for x in (name, i)])
-        index_column = F.coalesce(label_index[F.col("label")], F.lit(UNLABELED_INDEX))
-    else:
-        index_column = F.lit(UNLABELED_INDEX)
+    live = images.count()
     sample_id = F.when(F.col("copy") == 0, F.col("sha256")).otherwise(F.concat_ws("-", "sha256", "copy"))
-    samples = samples.select(
-        "split", "image", index_column.cast("int").alias("label"),
-        F.coalesce(F.col("label"), F.lit("")).alias("label_name"), sample_id.alias("sample_id"), "sha256",
-        "copy", "augment_seed",
+    samples = select_current(processed, images, config, broadcast=live <= tables.BROADCAST_ROWS).select(
+        "split", "image", "label", sample_id.alias("sample_id"), "sha256", "copy", "augment_seed",
     ).persist()
     try:
         counts: dict = {split: {} for split in SPLITS}
         augmented: dict = {split: 0 for split in SPLITS}
         read_bytes = written_bytes = 0
-        for row in samples.groupBy("split", "label_name", (F.col("copy") > 0).alias("augmented")).agg(
-                F.count(F.lit(1)).alias("count"), F.sum(F.length("image")).alias("bytes")).collect():
+        # One aggregation: the rows per split and class, the augmented copies, the bytes, the classes.
+        outcomes = samples.groupBy("split", "label", (F.col("copy") > 0).alias("augmented")).agg(
+            F.count(F.lit(1)).alias("count"), F.sum(F.length("image")).alias("bytes")).collect()
+        classes = sorted({row["label"] for row in outcomes if row["label"] is not None})
+        for row in outcomes:
             read_bytes += row["bytes"] or 0
-            per_class = counts[row["split"]]
-            per_class[row["label_name"]] = per_class.get(row["label_name"], 0) + row["count"]
+            per_class, name = counts[row["split"]], row["label"] or ""
+            per_class[name] = per_class.get(name, 0) + row["count"]
             augmented[row["split"]] += row["count"] if row["augmented"] else 0
+        if classes:
+            label_index = F.create_map(*[F.lit(x) for i, name in enumerate(classes) for x in (name, i)])
+            index_column = F.coalesce(label_index[F.col("label")], F.lit(UNLABELED_INDEX))
+        else:
+            index_column = F.lit(UNLABELED_INDEX)
+        labelled = samples.select(*(c for c in samples.columns if c != "label"), index_column.cast("int").alias("label"),
+                                  F.coalesce(F.col("label"), F.lit("")).alias("label_name"))
         stats = normalization_stats(samples.filter(F.col("split") == "train"))
 
         export = config.export
@@ -230,7 +231,7 @@ def run_export(
         splits = {}
         for split in SPLITS:
             url = dataset_url(join_path(version_dir, split))
-            rows = samples.filter(F.col("split") == split).select(*schema.fields.keys())
+            rows = labelled.filter(F.col("split") == split).select(*schema.fields.keys())
             if export.codec == "ndarray" and config.preprocess.output_format != "raw":
                 rows = rows.mapInPandas(_decode_to_npy, rows.schema)
             # Shuffled before writing, so every row group mixes classes.

@@ -251,11 +251,16 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
     return counts
 
 
-def select_current(processed: DataFrame, images: DataFrame, config: PipelineConfig) -> DataFrame:
+def select_current(processed: DataFrame, images: DataFrame, config: PipelineConfig, broadcast: bool = False) -> DataFrame:
     """The processed samples the images in ``images`` (one Delta version) should have with the current
-    settings (see samples_to_make); label and split come from ``images`` so they match the version read."""
-    wanted = samples_to_make(images, config)
-    return (
-        wanted.join(images.select("sha256", "path", "label", "split"), "sha256")
-        .join(processed.select(*SAMPLE_KEY, "image").dropDuplicates(list(SAMPLE_KEY)), list(SAMPLE_KEY))
-    )
+    settings (see samples_to_make); label and split come from ``images`` so they match the version read.
+
+    ``broadcast`` (the images are at most tables.BROADCAST_ROWS): the wanted samples' keys go to the tasks
+    reading ``processed``, so the image bytes are not shuffled for the join. A sample key that ``processed``
+    holds twice (concurrent appends, see tables.append, seen before they were resolved) is read once; the
+    check for one reads the key columns only."""
+    wanted = samples_to_make(images, config).join(images.select("sha256", "path", "label", "split"), "sha256")
+    made = processed.select(*SAMPLE_KEY, "image")
+    if made.groupBy(*SAMPLE_KEY).count().filter(F.col("count") > 1).limit(1).count():
+        made = made.dropDuplicates(list(SAMPLE_KEY))
+    return made.join(F.broadcast(wanted) if broadcast else wanted, list(SAMPLE_KEY))
