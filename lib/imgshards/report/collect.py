@@ -116,27 +116,42 @@ def fates(spark: SparkSession, config: PipelineConfig, runs: dict) -> dict:
     return out
 
 
-def _histogram(meta: DataFrame, column: F.Column, name: str) -> list:
-    """[(bin, count)] of an integer bin expression, ordered by bin."""
-    return [(r[0], r[1]) for r in meta.groupBy(column.alias(name)).count().orderBy(name).collect() if r[0] is not None]
+def _bins() -> list:
+    """The profile's histograms: (kind, integer bin expression), half-octave and octave bins so that any
+    range fits a handful of bars."""
+    return [
+        ("width", F.floor(F.log2(F.greatest(F.col("width"), F.lit(1))) * 2)),
+        ("height", F.floor(F.log2(F.greatest(F.col("height"), F.lit(1))) * 2)),
+        ("aspect", F.round(F.least(F.greatest(F.col("width") / F.col("height"), F.lit(0.25)), F.lit(4.0)) * 4)),
+        ("size_bytes", F.floor(F.log2(F.greatest(F.col("size_bytes"), F.lit(1))))),
+    ]
 
 
 def profile(meta: DataFrame) -> dict:
-    """Class balance per split, formats, and histograms of sides, aspect ratios and file sizes (half-octave
-    and octave bins, so any range fits a handful of bars)."""
-    label = F.coalesce(F.col("label"), F.lit(UNLABELED))
-    balance: dict = {}
-    for r in meta.groupBy(label.alias("label"), "split").count().collect():
-        balance.setdefault(r["label"], {})[r["split"]] = r["count"]
-    return {
-        "balance": balance,
-        "formats": {r["format"]: r["count"] for r in meta.groupBy("format").count().orderBy(F.desc("count")).collect()},
-        "width": _histogram(meta, F.floor(F.log2(F.greatest(F.col("width"), F.lit(1))) * 2), "b"),
-        "height": _histogram(meta, F.floor(F.log2(F.greatest(F.col("height"), F.lit(1))) * 2), "b"),
-        "aspect": _histogram(meta, F.round(F.least(F.greatest(F.col("width") / F.col("height"), F.lit(0.25)), F.lit(4.0)) * 4)
-                             .cast("int"), "b"),
-        "size_bytes": _histogram(meta, F.floor(F.log2(F.greatest(F.col("size_bytes"), F.lit(1)))), "b"),
-    }
+    """Class balance per split, formats, and histograms of sides, aspect ratios and file sizes, from one
+    aggregation: each row counts once in every tally, as (kind, name, split, bin)."""
+    nothing = F.lit(None)
+
+    def tally(kind: str, name: F.Column = nothing, split: F.Column = nothing, value: F.Column = nothing) -> F.Column:
+        return F.struct(F.lit(kind).alias("kind"), name.cast("string").alias("name"), split.cast("string").alias("split"),
+                        value.cast("long").alias("bin"))
+
+    bins = _bins()
+    tallies = [tally("balance", F.coalesce(F.col("label"), F.lit(UNLABELED)), F.col("split")),
+               tally("formats", F.col("format"))] + [tally(kind, value=expression) for kind, expression in bins]
+    counted = meta.select(F.explode(F.array(*tallies)).alias("t")).groupBy("t").count().collect()
+    out: dict = {"balance": {}, "formats": {}, **{kind: [] for kind, _ in bins}}
+    for row in sorted(counted, key=lambda r: (-r["count"], str(r["t"]["name"]))):
+        kind, name, split, value = row["t"]
+        if kind == "balance":
+            out["balance"].setdefault(name, {})[split] = row["count"]
+        elif kind == "formats":
+            out["formats"][name] = row["count"]
+        elif value is not None:
+            out[kind].append((value, row["count"]))
+    for kind, _ in bins:
+        out[kind].sort()
+    return out
 
 
 def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame, images: DataFrame) -> dict:
