@@ -69,6 +69,9 @@ cat "$root/lib/imgshards/spark-defaults.conf" "$profile_file" | sed "s|@ROOT@|$r
 [[ -n "$master" ]] || master="$(awk '$1 == "spark.master" {print $2}' "$properties")"
 [[ -n "$master" ]] || { echo "spark-submit.sh: profile '$profile' sets no spark.master; pass --master URL" >&2; exit 2; }
 
+# --driver-java-options (below) replaces the properties' spark.driver.extraJavaOptions: the profile's go with it.
+driver_java="$(awk '$1 == "spark.driver.extraJavaOptions" {$1 = ""; print substr($0, 2)}' "$properties")"
+log4j="-Dlog4j.configurationFile=file:$root/conf/log4j2.properties"
 jars="$(ls "$root"/.jars/*.jar | paste -sd, -)"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_HOME="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
@@ -88,7 +91,7 @@ if [[ "$master" == local* ]]; then
   [[ "$deploy_mode" == client ]] || { echo "spark-submit.sh: a local master has no cluster deploy mode" >&2; exit 2; }
   # One machine: driver and executors run the project environment, which has the package installed.
   export PYSPARK_PYTHON="$venv/bin/python" PYSPARK_DRIVER_PYTHON="$venv/bin/python"
-  submit+=(--driver-java-options "-Dlog4j.configurationFile=file:$root/conf/log4j2.properties")
+  submit+=(--driver-java-options "$log4j $driver_java")
   target=("$job_file")
 else
   variant=()
@@ -105,7 +108,7 @@ else
   submit+=(--archives "$archive#environment" --conf spark.pyspark.python=./environment/bin/python)
   if [[ "$deploy_mode" == client ]]; then
     submit+=(--conf "spark.pyspark.driver.python=$venv/bin/python"
-             --driver-java-options "-Dlog4j.configurationFile=file:$root/conf/log4j2.properties")
+             --driver-java-options "$log4j $driver_java")
     target=("$job_file")
   elif [[ "$master" == spark://* ]]; then
     # The driver jar must be where the worker that runs the driver can read it (here: this machine).
@@ -113,7 +116,7 @@ else
     # (org.apache.spark.launcher.JavaModuleOptions), so they are passed here.
     submit+=(--deploy-mode cluster --conf spark.standalone.submit.waitAppCompletion=true
              --class imgshards.ClusterPythonDriver
-             --conf "spark.driver.extraJavaOptions=$(java_module_options)")
+             --conf "spark.driver.extraJavaOptions=$(java_module_options) $driver_java")
     driver_jar="${IMGSHARDS_DIST:-$root/dist}/imgshards-driver.jar"
     [[ -s "$driver_jar" ]] || "$root/scripts/package.sh" "${variant[@]}" >/dev/null
     # spark-submit exits 0 whatever became of a standalone cluster-mode driver: its last state says.
