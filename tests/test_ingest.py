@@ -196,6 +196,21 @@ def test_near_duplicates_follow_their_cluster_split(spark, tmp_path):
     assert imaging.hamming(rows["p0.jpg"]["phash"], rows["p1.jpg"]["phash"]) > config.ingest.near_duplicates.max_distance
 
 
+def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
+    """The pass over local files takes the driver's listing: several tasks per core, more when the bytes
+    call for it, never more tasks than files."""
+    from imgshards.ingest import LISTED_TASK_BYTES, LISTED_TASKS_PER_CORE, listed_files
+
+    cores = spark.sparkContext.defaultParallelism
+    small = {f"file:/x/{i:04d}.jpg": 1000 for i in range(1000)}
+    frame = listed_files(spark, small)
+    assert frame.rdd.getNumPartitions() == LISTED_TASKS_PER_CORE * cores
+    assert sorted(tuple(r) for r in frame.collect()) == sorted(small.items())
+    big = {f"file:/x/{i:04d}.jpg": LISTED_TASK_BYTES // 10 for i in range(1000)}
+    assert listed_files(spark, big).rdd.getNumPartitions() == 100
+    assert listed_files(spark, {"file:/x/one.jpg": 5}).rdd.getNumPartitions() == 1
+
+
 def test_near_duplicate_clusters_split_in_the_configured_proportions():
     """A new cluster takes the split of a member picked independently of the split rule: with the smallest
     sha256's split, clusters of 13 near-copies (the benchmark's replicated photos) all landed in train."""
