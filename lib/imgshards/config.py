@@ -351,6 +351,11 @@ class PipelineConfig:
         """What an augmented copy depends on: the output settings and the augmentation settings."""
         return _short_hash({k: v for k, v in self.to_dict()["preprocess"].items() if k != "backend"})
 
+    def sample_fingerprints(self) -> list:
+        """The fingerprints of the processed rows the current settings want: the originals', and the
+        augmented copies' when augmentation is on."""
+        return [self.output_fingerprint()] + ([self.augment_fingerprint()] if self.preprocess.augment.enabled else [])
+
     def fingerprint(self, *sections: str) -> str:
         """A short, stable hash of the named sections (all of them when none are named)."""
         data = self.to_dict()

@@ -260,8 +260,7 @@ def select_current(processed: DataFrame, images: DataFrame, config: PipelineConf
     holds twice (concurrent appends, see tables.append, seen before they were resolved) is read once; the
     check for one reads the key columns only."""
     wanted = samples_to_make(images, config).join(images.select("sha256", "path", "label", "split"), "sha256")
-    fingerprints = [config.output_fingerprint()] + ([config.augment_fingerprint()] if config.preprocess.augment.enabled else [])
-    made = processed.filter(F.col("config_fingerprint").isin(fingerprints)).select(*SAMPLE_KEY, "image")
+    made = processed.filter(F.col("config_fingerprint").isin(config.sample_fingerprints())).select(*SAMPLE_KEY, "image")
     if made.groupBy(*SAMPLE_KEY).count().filter(F.col("count") > 1).limit(1).count():
         made = made.dropDuplicates(list(SAMPLE_KEY))
     return made.join(F.broadcast(wanted) if broadcast else wanted, list(SAMPLE_KEY))

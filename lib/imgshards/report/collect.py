@@ -215,8 +215,7 @@ def samples(spark: SparkSession, config: PipelineConfig, meta: DataFrame) -> dic
 
     augmented = []
     if config.preprocess.augment.enabled:
-        fingerprints = [config.output_fingerprint(), config.augment_fingerprint()]
-        rows = processed.filter(F.col("config_fingerprint").isin(fingerprints))
+        rows = processed.filter(F.col("config_fingerprint").isin(config.sample_fingerprints()))
         parents = [r[0] for r in rows.filter(F.col("copy") > 0).select("sha256").distinct().orderBy("sha256")
                    .limit(AUGMENTED_PARENTS).collect()]
         if parents:
