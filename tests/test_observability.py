@@ -20,7 +20,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, free_port, server_process
-from imgshards import metrics
+from imgshards import cli, metrics, progress
 from imgshards.jobs import history as history_job
 from imgshards.jobs import ingest as ingest_job
 from imgshards.jobs import pipeline as pipeline_job
@@ -169,6 +169,20 @@ def test_progress_lines_while_the_job_runs(pipeline_run):
     # What the run prints on stdout is the summary, not progress or library warnings.
     assert "progress" not in pipeline_run["stdout"] and "Warning" not in pipeline_run["stdout"]
     assert f"report         {pipeline_run['summary']['report']}" in pipeline_run["stdout"]
+
+
+def test_progress_leaves_out_the_background_start_of_python_workers(spark):
+    # The warm-up job runs while a job lists its files; its tasks are no stage's progress (CI once printed
+    # "progress pipeline: 2/2 tasks" from it before ingest began).
+    with progress.track(spark, 3600, "pipeline") as reporter:
+        thread = cli.start_python_workers(spark)
+        lines = set()
+        while thread.is_alive():
+            lines.add(reporter.line())
+        lines.add(reporter.line())
+    tracker = spark.sparkContext.statusTracker()
+    assert tracker.getJobIdsForGroup(progress.BACKGROUND_GROUP), "the warm-up ran as a background job"
+    assert lines == {""}, lines
 
 
 def test_short_run_is_quiet_and_an_unreachable_gateway_costs_one_warning(spark, tmp_path):

@@ -101,6 +101,7 @@ def start_python_workers(spark) -> threading.Thread:
 
     def run() -> None:
         sc.setLocalProperty(progress.STAGE_PROPERTY, "start")  # this thread's jobs (scripts/profile_run.py)
+        sc.setJobGroup(progress.BACKGROUND_GROUP, "start Python workers")  # not the stage's progress
         try:
             # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
             spark.range(0, sc.defaultParallelism, numPartitions=sc.defaultParallelism).mapInPandas(

@@ -60,7 +60,9 @@ class Progress:
 
     def _refresh(self) -> tuple[int, int]:
         tracker = self._sc.statusTracker()
-        for stage_id in list(tracker.getActiveStageIds()) + list(self._stages):
+        background = {stage_id for job_id in tracker.getJobIdsForGroup(BACKGROUND_GROUP)
+                      for stage_id in getattr(tracker.getJobInfo(job_id), "stageIds", ())}
+        for stage_id in set(tracker.getActiveStageIds()) - background | set(self._stages):
             info = tracker.getStageInfo(stage_id)
             if info is not None:
                 self._stages[stage_id] = (info.numTasks, info.numCompletedTasks)
@@ -111,6 +113,8 @@ def track(spark, interval_s: float, job: str) -> Iterator[Optional[Progress]]:
 # The Spark jobs a stage starts carry its name in this local property (event logs keep it with each job:
 # scripts/profile_run.py groups by it), and in their description (the Spark UI's job list shows it).
 STAGE_PROPERTY = "imgshards.stage"
+# Jobs the driver starts for itself in the background (cli.start_python_workers): no stage's progress.
+BACKGROUND_GROUP = "imgshards-background"
 
 
 @contextlib.contextmanager
