@@ -60,9 +60,11 @@ class Progress:
 
     def _refresh(self) -> tuple[int, int]:
         tracker = self._sc.statusTracker()
+        # Active stages first: a stage is active only after its job started, so its job is in the group's.
+        active = set(tracker.getActiveStageIds())
         background = {stage_id for job_id in tracker.getJobIdsForGroup(BACKGROUND_GROUP)
                       for stage_id in getattr(tracker.getJobInfo(job_id), "stageIds", ())}
-        for stage_id in set(tracker.getActiveStageIds()) - background | set(self._stages):
+        for stage_id in active - background | set(self._stages):
             info = tracker.getStageInfo(stage_id)
             if info is not None:
                 self._stages[stage_id] = (info.numTasks, info.numCompletedTasks)
