@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from conftest import shared_dataset
-from imgshards import imaging
+from imgshards import imaging, ingest_state, storage
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest, run_ingest_stream
 from imgshards.near_duplicates import assign_clusters
 from imgshards.rules import split_of
 from imgshards.preprocess import run_preprocess
+from imgshards.sample import make_sample_dataset
 
 
 def make_config(tmp_path, *overrides):
@@ -83,6 +84,57 @@ def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
     metadata = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
     assert {"r1", "r3"} <= {m["run_id"] for m in metadata}
     assert all(m["config_fingerprint"] == config.fingerprint("ingest") for m in metadata)
+
+
+def test_rerun_with_nothing_changed_reads_no_file_and_reports_what_reading_would(spark, tmp_path):
+    raw = tmp_path / "raw"
+    make_sample_dataset(str(raw), per_class=6, seed=5)  # with duplicates, damaged and skipped files
+    config = make_config(tmp_path)
+    first = run_ingest(spark, config, str(raw), "r1")
+    assert first.ingested and first.duplicates and first.quarantined and first.read_bytes
+
+    skipped = run_ingest(spark, config, str(raw), "r2")
+    read = run_ingest(spark, make_config(tmp_path, "ingest.skip_unchanged=false"), str(raw), "r3")
+    assert skipped.read_bytes == 0 and read.read_bytes == first.read_bytes
+
+    def outcome(counts):
+        return {**dataclasses.asdict(counts), "read_bytes": 0, "batches": 0}
+    assert outcome(skipped) == outcome(read)
+    assert (skipped.ingested, skipped.unchanged) == (0, first.ingested)
+
+    # The same bytes with a new modification time: every file is read; nothing is written.
+    touched = next(iter(sorted(raw.rglob("*.jpg"))))
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 1_000_000_000))
+    again = run_ingest(spark, config, str(raw), "r4")
+    assert again.read_bytes and outcome(again) == outcome(read)
+    assert run_ingest(spark, config, str(raw), "r5").read_bytes == 0
+
+    # Another run's commit to the tables: every file is read again.
+    write_jpeg(tmp_path / "other" / "x" / "o.jpg", photo(77))
+    assert run_ingest(spark, config, str(tmp_path / "other"), "r6").ingested == 1
+    assert run_ingest(spark, config, str(raw), "r7").read_bytes
+    assert run_ingest(spark, config, str(raw), "r8").read_bytes == 0
+
+    write_jpeg(raw / "new" / "n.jpg", photo(78))
+    new = run_ingest(spark, config, str(raw), "r9")
+    assert (new.ingested, new.unchanged, new.seen) == (1, first.ingested, first.seen + 1)
+
+
+def test_ingest_state_is_not_kept_over_another_runs_commit(spark, tmp_path):
+    raw, theirs = tmp_path / "raw", tmp_path / "theirs"
+    write_jpeg(raw / "a" / "1.jpg", photo(1))
+    write_jpeg(theirs / "b" / "2.jpg", photo(2))
+    config = make_config(tmp_path, "ingest.skip_unchanged=false")  # the state written by hand below
+    base = f"file:{raw}"
+    digest = ingest_state.listing_digest(spark, config, base, storage.list_files(spark, str(raw)))
+    before = ingest_state.table_versions(spark, config)
+    mine = run_ingest(spark, config, str(raw), "mine")
+    run_ingest(spark, config, str(theirs), "theirs")  # commits while "mine" would still be running
+    ingest_state.record(spark, config, base, digest, before, mine, "mine")
+    assert ingest_state.unchanged_counts(spark, config, base, digest) is None
+
+    ingest_state.record(spark, config, base, digest, ingest_state.table_versions(spark, config), mine, "mine")
+    assert ingest_state.unchanged_counts(spark, config, base, digest) == ingest_state.as_rerun(mine)
 
 
 def test_missing_files_kept_or_marked_deleted(spark, tmp_path):

@@ -120,6 +120,7 @@ class IngestConfig:
     near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
     missing: str = "keep"
     content: str = "copy"
+    skip_unchanged: bool = True
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def validate(self) -> None:

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import imaging, near_duplicates, progress, storage, tables
+from imgshards import imaging, ingest_state, near_duplicates, progress, storage, tables
 from imgshards.config import LabelsConfig, PipelineConfig, join_path
 from imgshards.filesystems import open_source
 from imgshards.rules import (
@@ -534,8 +534,16 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
         else:
             candidates[f.path] = f.size_bytes
     log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
-    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     base = storage.qualify(spark, input_root).rstrip("/")
+    digest = before = None
+    if ingest_state.supported(config):
+        digest = ingest_state.listing_digest(spark, config, base, listing)
+        unchanged = ingest_state.unchanged_counts(spark, config, base, digest)
+        if unchanged is not None:
+            log.info("nothing changed under %s since the last ingest (listing, settings, tables): no file read", base)
+            return unchanged
+        before = ingest_state.table_versions(spark, config)
+    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     # Local files: the pass takes the listing as it is (the workers read the files); elsewhere Spark's reader.
     files = listed_files(spark, candidates) if urlparse(base).scheme == "file" else read_files(spark, input_root, config)
     with progress.stage("ingest", images=len(candidates)):
@@ -551,6 +559,11 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
         labels.unpersist()
     if ingest.missing == "mark_deleted":
         counts.marked_deleted = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
+    if digest is not None:
+        try:
+            ingest_state.record(spark, config, base, digest, before, counts, run_id)
+        except Exception as e:  # noqa: BLE001 - the next run then reads every file, as without the state
+            log.warning("ingest state of %s not written (%s): the next run reads every file", base, e)
     return counts
 
 

@@ -98,6 +98,7 @@ class ListedFile:
     path: str  # fully qualified, as Spark's binaryFile reports it (file:/..., s3a://...)
     relative: str  # relative to the listed root
     size_bytes: int
+    modified_ns: int = 0  # modification time (ns since the epoch; the store's resolution)
 
 
 def _fs_and_path(spark: SparkSession, url: str):
@@ -148,7 +149,8 @@ def list_hadoop(spark: SparkSession, base: str) -> Iterator[ListedFile]:
     while files.hasNext():
         st = files.next()
         full = st.getPath().toString()
-        yield ListedFile(path=full, relative=full[len(base) + 1 :], size_bytes=int(st.getLen()))
+        yield ListedFile(path=full, relative=full[len(base) + 1 :], size_bytes=int(st.getLen()),
+                         modified_ns=int(st.getModificationTime()) * 1_000_000)
 
 
 def _list_s3(spark: SparkSession, base: str) -> Iterator[ListedFile]:
@@ -156,7 +158,8 @@ def _list_s3(spark: SparkSession, base: str) -> Iterator[ListedFile]:
     scheme = urlparse(base).scheme
     for info in arrow.get_file_info(pafs.FileSelector(path, recursive=True)):
         if info.type == pafs.FileType.File:
-            yield ListedFile(path=f"{scheme}://{info.path}", relative=info.path[len(path) + 1:], size_bytes=info.size)
+            yield ListedFile(path=f"{scheme}://{info.path}", relative=info.path[len(path) + 1:], size_bytes=info.size,
+                             modified_ns=info.mtime_ns or 0)
 
 
 def _walk_local(base: str) -> Iterator[ListedFile]:
@@ -170,8 +173,16 @@ def _walk_local(base: str) -> Iterator[ListedFile]:
                 if entry.is_dir(follow_symlinks=True):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=True):
+                    stat = entry.stat()
                     yield ListedFile(path="file:" + entry.path, relative=entry.path[len(local_root) + 1:],
-                                     size_bytes=entry.stat().st_size)
+                                     size_bytes=stat.st_size, modified_ns=stat.st_mtime_ns)
+
+
+def file_status(spark: SparkSession, url: str) -> tuple:
+    """(size in bytes, modification time in ms) of the file at ``url``."""
+    fs, path = _fs_and_path(spark, url)
+    status = fs.getFileStatus(path)
+    return int(status.getLen()), int(status.getModificationTime())
 
 
 def write_text(spark: SparkSession, url: str, text: str) -> None:

@@ -1,0 +1,136 @@
+"""What a batch ingest of an input left behind, so that a re-run with nothing new does not read the files.
+
+After a batch ingest the driver writes ``<warehouse>/_state/ingest/<input>.json``: a digest of the listing
+(every path, size and modification time), of the ingest settings and of the labels file; the versions it
+left the three tables at; and the counts a re-run would report. A later run whose digest and table versions
+are the same returns those counts without a Spark job: reading every file again could only find what the
+last run found. Anything else makes the run read everything, as before: a file added, removed, resized or
+touched, a setting changed, a commit to any of the tables by another run.
+
+The state is written only when every commit to the tables since the run began is the run's own (or a
+table's creation), and not after a run that quarantined a file as ``unreadable`` (a permission or a network
+error may be gone next time). A file is taken as unchanged when its size and modification time are, as
+rsync and make take it (Databricks Auto Loader, by default, goes by the path alone); ``ingest.skip_unchanged:
+false`` reads every file on every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from typing import Iterable, Optional
+from urllib.parse import urlparse
+
+from pyspark.sql import SparkSession
+
+from imgshards import __version__, storage, tables
+from imgshards.config import PipelineConfig, join_path
+from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, QUARANTINE_TABLE
+
+log = logging.getLogger(__name__)
+
+INGEST_TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE)
+# Reasons that may not hold next time although the file did not change: never skipped over.
+TRANSIENT_REASONS = ("unreadable",)
+
+
+def supported(config: PipelineConfig) -> bool:
+    """Whether the warehouse is where the table logs can be read without Spark (local folders, S3)."""
+    return config.ingest.skip_unchanged and (urlparse(config.warehouse).scheme in ("", "file")
+                                             or storage.is_s3(config.warehouse))
+
+
+def listing_digest(spark: SparkSession, config: PipelineConfig, base: str, listing: Iterable) -> str:
+    """A digest of what decides the ingest's outcome apart from the tables: the listing, the settings, the
+    labels file (its size and modification time) and this code's version."""
+    digest = hashlib.sha256()
+    labels = config.ingest.labels
+    labels_file = list(storage.file_status(spark, labels.file)) if labels.source == "file" else None
+    head = {"version": __version__, "base": base, "settings": config.fingerprint("ingest"), "labels_file": labels_file}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    for f in sorted(listing, key=lambda f: f.path):
+        digest.update(f"\n{f.path}\t{f.size_bytes}\t{f.modified_ns}".encode())
+    return digest.hexdigest()
+
+
+def _state_url(config: PipelineConfig, base: str) -> str:
+    return join_path(config.warehouse, "_state", "ingest", hashlib.sha256(base.encode()).hexdigest()[:16] + ".json")
+
+
+def table_versions(spark: SparkSession, config: PipelineConfig) -> dict:
+    return {name: tables.log_version(spark, config.table_path(name)) for name in INGEST_TABLES}
+
+
+def unchanged_counts(spark: SparkSession, config: PipelineConfig, base: str, digest: str):
+    """The counts of a re-run when nothing changed since the last run's state, else None."""
+    from imgshards.ingest import IngestCounts
+
+    try:
+        text = storage.read_text(spark, _state_url(config, base))
+        state = json.loads(text) if text else None
+    except (OSError, ValueError) as e:
+        log.warning("ingest state of %s not read (%s): reading every file", base, e)
+        return None
+    if not state or state.get("digest") != digest:
+        return None
+    versions = table_versions(spark, config)
+    if versions != state.get("versions"):
+        log.info("the tables changed since the last ingest of %s (%s, then %s): reading every file",
+                 base, state.get("versions"), versions)
+        return None
+    return IngestCounts(**state["counts"])
+
+
+def record(spark: SparkSession, config: PipelineConfig, base: str, digest: str, before: dict, counts,
+           run_id: str) -> None:
+    """Write the state after a run that began with the tables at ``before`` and ended with ``counts``."""
+    if any(counts.quarantine_reasons.get(reason) for reason in TRANSIENT_REASONS):
+        return
+    after = table_versions(spark, config)
+    others = [name for name in INGEST_TABLES
+              if not _only_own_commits(spark, config.table_path(name), before[name], after[name], run_id)]
+    if others:
+        log.info("another run committed to %s meanwhile: no ingest state kept", ", ".join(others))
+        return
+    state = {"base": base, "digest": digest, "versions": after, "run_id": run_id,
+             "counts": dataclasses.asdict(as_rerun(counts))}
+    storage.write_text(spark, _state_url(config, base), json.dumps(state, indent=1, sort_keys=True))
+
+
+def as_rerun(counts):
+    """What a run that reads every file again reports after ``counts``: what was written is unchanged."""
+    from imgshards.ingest import IngestCounts
+
+    rerun = IngestCounts(
+        seen=counts.seen, unchanged=counts.unchanged + counts.ingested + counts.updated,
+        duplicates=counts.duplicates, quarantined=counts.quarantined, skipped_hidden=counts.skipped_hidden,
+        skipped_non_image=counts.skipped_non_image, quarantine_reasons=dict(counts.quarantine_reasons),
+        labels_report=dict(counts.labels_report),
+    )
+    if "files_without_label" in rerun.labels_report:  # only the quarantined ones: the rest is not written again
+        rerun.labels_report.update(files_without_label=counts.quarantine_reasons.get("unlabeled", 0),
+                                   files_without_label_examples=[])
+    rerun.check()
+    return rerun
+
+
+def _only_own_commits(spark: SparkSession, path: str, before: Optional[int], after: Optional[int], run_id: str) -> bool:
+    """Whether every commit to the table after version ``before`` up to ``after`` is the run's own or the
+    table's creation (read from the commits' own JSON in ``_delta_log``)."""
+    if after is None:
+        return before is None
+    for version in range((-1 if before is None else before) + 1, after + 1):
+        text = storage.read_text(spark, join_path(path, "_delta_log", f"{version:020d}.json"))
+        info = next((json.loads(line)["commitInfo"] for line in (text or "").splitlines() if '"commitInfo"' in line), None)
+        if info is None:
+            return False
+        if info.get("operation") == "CREATE TABLE":
+            continue
+        try:
+            own = json.loads(info.get("userMetadata") or "{}").get("run_id") == run_id
+        except ValueError:
+            own = False
+        if not own:
+            return False
+    return True
