@@ -137,6 +137,13 @@ def test_ingest_state_is_not_kept_over_another_runs_commit(spark, tmp_path):
     assert ingest_state.unchanged_counts(spark, config, base, digest) == ingest_state.as_rerun(mine)
 
 
+def test_a_missing_labels_file_fails_naming_the_setting(spark, tmp_path):
+    write_jpeg(tmp_path / "raw" / "a" / "1.jpg", photo(1))
+    config = make_config(tmp_path, "ingest.labels.source=file", f"ingest.labels.file={tmp_path / 'nope.csv'}")
+    with pytest.raises(FileNotFoundError, match="ingest.labels.file does not exist"):
+        run_ingest(spark, config, str(tmp_path / "raw"), "r1")
+
+
 def test_missing_files_kept_or_marked_deleted(spark, tmp_path):
     raw = tmp_path / "raw"
     write_jpeg(raw / "x" / "a.jpg", photo(10))

@@ -46,7 +46,12 @@ def listing_digest(spark: SparkSession, config: PipelineConfig, base: str, listi
     labels file (its size and modification time) and this code's version."""
     digest = hashlib.sha256()
     labels = config.ingest.labels
-    labels_file = list(storage.file_status(spark, labels.file)) if labels.source == "file" else None
+    labels_file = None
+    if labels.source == "file":
+        try:
+            labels_file = list(storage.file_status(spark, labels.file))
+        except FileNotFoundError as e:
+            raise storage.InputPathError(f"ingest.labels.file does not exist: {labels.file}") from e
     head = {"version": __version__, "base": base, "settings": config.fingerprint("ingest"), "labels_file": labels_file}
     digest.update(json.dumps(head, sort_keys=True).encode())
     for f in sorted(listing, key=lambda f: f.path):

@@ -181,6 +181,8 @@ def _walk_local(base: str) -> Iterator[ListedFile]:
 def file_status(spark: SparkSession, url: str) -> tuple:
     """(size in bytes, modification time in ms) of the file at ``url``."""
     fs, path = _fs_and_path(spark, url)
+    if not fs.exists(path):
+        raise InputPathError(f"no such file: {url}")
     status = fs.getFileStatus(path)
     return int(status.getLen()), int(status.getModificationTime())
 
