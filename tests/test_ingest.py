@@ -139,9 +139,11 @@ def test_ingest_state_is_not_kept_over_another_runs_commit(spark, tmp_path):
 
 def test_a_missing_labels_file_fails_naming_the_setting(spark, tmp_path):
     write_jpeg(tmp_path / "raw" / "a" / "1.jpg", photo(1))
-    config = make_config(tmp_path, "ingest.labels.source=file", f"ingest.labels.file={tmp_path / 'nope.csv'}")
-    with pytest.raises(FileNotFoundError, match="ingest.labels.file does not exist"):
-        run_ingest(spark, config, str(tmp_path / "raw"), "r1")
+    for skip in ("true", "false"):
+        config = make_config(tmp_path, "ingest.labels.source=file", f"ingest.labels.file={tmp_path / 'nope.csv'}",
+                             f"ingest.skip_unchanged={skip}")
+        with pytest.raises(FileNotFoundError, match="ingest.labels.file does not exist"):
+            run_ingest(spark, config, str(tmp_path / "raw"), "r1")
 
 
 def test_missing_files_kept_or_marked_deleted(spark, tmp_path):

@@ -220,6 +220,7 @@ def listed_files(spark: SparkSession, listed: dict) -> DataFrame:
 def read_labels_file(spark: SparkSession, labels: LabelsConfig) -> DataFrame:
     """The labels file as (label_key, file_label, file_group): CSV/TSV with a header, or JSON lines."""
     path = labels.file
+    ingest_state.labels_file_status(spark, labels)  # a missing file fails here, naming the setting
     if path.lower().endswith((".csv", ".tsv")):
         df = spark.read.option("header", "true").option("sep", "\t" if path.lower().endswith(".tsv") else ",").csv(path)
     else:
@@ -536,7 +537,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
     base = storage.qualify(spark, input_root).rstrip("/")
     digest = before = None
-    if ingest_state.supported(config):
+    if ingest_state.in_use(config):
         digest = ingest_state.listing_digest(spark, config, base, listing)
         unchanged = ingest_state.unchanged_counts(spark, config, base, digest)
         if unchanged is not None:

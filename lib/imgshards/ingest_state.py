@@ -35,8 +35,9 @@ INGEST_TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE)
 TRANSIENT_REASONS = ("unreadable",)
 
 
-def supported(config: PipelineConfig) -> bool:
-    """Whether the warehouse is where the table logs can be read without Spark (local folders, S3)."""
+def in_use(config: PipelineConfig) -> bool:
+    """Whether ``ingest.skip_unchanged`` is on and the warehouse is where the table logs can be read without
+    Spark (local folders, S3)."""
     return config.ingest.skip_unchanged and (urlparse(config.warehouse).scheme in ("", "file")
                                              or storage.is_s3(config.warehouse))
 
@@ -45,18 +46,22 @@ def listing_digest(spark: SparkSession, config: PipelineConfig, base: str, listi
     """A digest of what decides the ingest's outcome apart from the tables: the listing, the settings, the
     labels file (its size and modification time) and this code's version."""
     digest = hashlib.sha256()
-    labels = config.ingest.labels
-    labels_file = None
-    if labels.source == "file":
-        try:
-            labels_file = list(storage.file_status(spark, labels.file))
-        except FileNotFoundError as e:
-            raise storage.InputPathError(f"ingest.labels.file does not exist: {labels.file}") from e
+    labels_file = labels_file_status(spark, config.ingest.labels)
     head = {"version": __version__, "base": base, "settings": config.fingerprint("ingest"), "labels_file": labels_file}
     digest.update(json.dumps(head, sort_keys=True).encode())
     for f in sorted(listing, key=lambda f: f.path):
         digest.update(f"\n{f.path}\t{f.size_bytes}\t{f.modified_ns}".encode())
     return digest.hexdigest()
+
+
+def labels_file_status(spark: SparkSession, labels) -> Optional[list]:
+    """[size, modification time] of the labels file (None without one); a missing one fails naming the key."""
+    if labels.source != "file":
+        return None
+    try:
+        return list(storage.file_status(spark, labels.file))
+    except FileNotFoundError as e:
+        raise storage.InputPathError(f"ingest.labels.file does not exist: {labels.file}") from e
 
 
 def _state_url(config: PipelineConfig, base: str) -> str:
