@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from imgshards import run_state
 from imgshards.config import load_config
 from imgshards.export import run_export
 from imgshards.ingest import run_ingest
@@ -177,14 +178,20 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     raw = tmp_path / "raw"
     make_sample_dataset(str(raw), per_class=3, seed=8)
     own = dataclasses.replace(config, input=str(raw), warehouse=str(tmp_path / "warehouse"), output=str(tmp_path / "shards"),
-                              workdir=str(tmp_path), report=dataclasses.replace(config.report, enabled=False))
+                              workdir=str(tmp_path))
     first = run_pipeline(spark, own, "first")
     assert not first["export"]["kept"] and first["export"]["version_dir"].endswith("v-first")
     names = ("images", "quarantine", "duplicates", "processed")
     versions = {name: latest_version(spark, own.table_path(name)) for name in names}
     assert first["ingest"]["quarantined"] and first["ingest"]["duplicates"], "the re-run must meet rows it could rewrite"
 
+    tracker = spark.sparkContext.statusTracker()
+    last_job = max(tracker.getJobIdsForGroup(), default=-1)
     again = run_pipeline(spark, own, "again")
+    # Listing, table versions and the stored state say nothing changed: not one Spark job (run_state).
+    assert max(tracker.getJobIdsForGroup(), default=-1) == last_job
+    assert again["ingest"]["read_bytes"] == 0 and again["preprocess"]["already_processed"] == sum(first["export"]["rows"].values())
+    assert "again" in open(again["report"]).read()
     assert again["export"]["kept"] and again["export"]["version_dir"] == first["export"]["version_dir"]
     assert again["export"]["rows"] == first["export"]["rows"]
     assert {name: latest_version(spark, own.table_path(name)) for name in names} == versions  # no empty commits
@@ -195,6 +202,8 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     changed = run_pipeline(spark, own, "changed")
     assert not changed["export"]["kept"] and changed["export"]["version_dir"].endswith("v-changed")
     assert sum(changed["export"]["rows"].values()) == sum(first["export"]["rows"].values()) + 1
+    assert run_state.load(spark, own, "report")["versions"] == {name: latest_version(spark, own.table_path(name))
+                                                                for name in names}
 
 
 def test_batches_are_bounded_by_bytes_and_pixels():

@@ -20,12 +20,11 @@ import hashlib
 import json
 import logging
 from typing import Iterable, Optional
-from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
-from imgshards import __version__, storage, tables
-from imgshards.config import PipelineConfig, join_path
+from imgshards import __version__, run_state, storage
+from imgshards.config import PipelineConfig
 from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, QUARANTINE_TABLE
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,8 @@ TRANSIENT_REASONS = ("unreadable",)
 
 
 def in_use(config: PipelineConfig) -> bool:
-    """Whether ``ingest.skip_unchanged`` is on and the warehouse is where the table logs can be read without
-    Spark (local folders, S3)."""
-    return config.ingest.skip_unchanged and (urlparse(config.warehouse).scheme in ("", "file")
-                                             or storage.is_s3(config.warehouse))
+    """Whether ``ingest.skip_unchanged`` is on and the warehouse keeps state (:func:`run_state.usable`)."""
+    return config.ingest.skip_unchanged and run_state.usable(config)
 
 
 def listing_digest(spark: SparkSession, config: PipelineConfig, base: str, listing: Iterable) -> str:
@@ -64,24 +61,19 @@ def labels_file_status(spark: SparkSession, labels) -> Optional[list]:
         raise storage.InputPathError(f"ingest.labels.file does not exist: {labels.file}") from e
 
 
-def _state_url(config: PipelineConfig, base: str) -> str:
-    return join_path(config.warehouse, "_state", "ingest", hashlib.sha256(base.encode()).hexdigest()[:16] + ".json")
+def _name(base: str) -> str:
+    return "ingest/" + hashlib.sha256(base.encode()).hexdigest()[:16]
 
 
 def table_versions(spark: SparkSession, config: PipelineConfig) -> dict:
-    return {name: tables.log_version(spark, config.table_path(name)) for name in INGEST_TABLES}
+    return run_state.table_versions(spark, config, INGEST_TABLES)
 
 
 def unchanged_counts(spark: SparkSession, config: PipelineConfig, base: str, digest: str):
     """The counts of a re-run when nothing changed since the last run's state, else None."""
     from imgshards.ingest import IngestCounts
 
-    try:
-        text = storage.read_text(spark, _state_url(config, base))
-        state = json.loads(text) if text else None
-    except (OSError, ValueError) as e:
-        log.warning("ingest state of %s not read (%s): reading every file", base, e)
-        return None
+    state = run_state.load(spark, config, _name(base))
     if not state or state.get("digest") != digest:
         return None
     versions = table_versions(spark, config)
@@ -94,18 +86,13 @@ def unchanged_counts(spark: SparkSession, config: PipelineConfig, base: str, dig
 
 def record(spark: SparkSession, config: PipelineConfig, base: str, digest: str, before: dict, counts,
            run_id: str) -> None:
-    """Write the state after a run that began with the tables at ``before`` and ended with ``counts``."""
+    """Store the state after a run that began with the tables at ``before`` and ended with ``counts``."""
     if any(counts.quarantine_reasons.get(reason) for reason in TRANSIENT_REASONS):
         return
-    after = table_versions(spark, config)
-    others = [name for name in INGEST_TABLES
-              if not _only_own_commits(spark, config.table_path(name), before[name], after[name], run_id)]
-    if others:
-        log.info("another run committed to %s meanwhile: no ingest state kept", ", ".join(others))
-        return
-    state = {"base": base, "digest": digest, "versions": after, "run_id": run_id,
-             "counts": dataclasses.asdict(as_rerun(counts))}
-    storage.write_text(spark, _state_url(config, base), json.dumps(state, indent=1, sort_keys=True))
+    after = run_state.kept_after(spark, config, before, run_id)
+    if after is not None:
+        run_state.save(spark, config, _name(base), {"base": base, "digest": digest, "versions": after,
+                                                    "run_id": run_id, "counts": dataclasses.asdict(as_rerun(counts))})
 
 
 def as_rerun(counts):
@@ -123,24 +110,3 @@ def as_rerun(counts):
                                    files_without_label_examples=[])
     rerun.check()
     return rerun
-
-
-def _only_own_commits(spark: SparkSession, path: str, before: Optional[int], after: Optional[int], run_id: str) -> bool:
-    """Whether every commit to the table after version ``before`` up to ``after`` is the run's own or the
-    table's creation (read from the commits' own JSON in ``_delta_log``)."""
-    if after is None:
-        return before is None
-    for version in range((-1 if before is None else before) + 1, after + 1):
-        text = storage.read_text(spark, join_path(path, "_delta_log", f"{version:020d}.json"))
-        info = next((json.loads(line)["commitInfo"] for line in (text or "").splitlines() if '"commitInfo"' in line), None)
-        if info is None:
-            return False
-        if info.get("operation") == "CREATE TABLE":
-            continue
-        try:
-            own = json.loads(info.get("userMetadata") or "{}").get("run_id") == run_id
-        except ValueError:
-            own = False
-        if not own:
-            return False
-    return True

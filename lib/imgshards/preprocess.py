@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 from pyspark.sql.window import Window
 
-from imgshards import dali_backend, progress, storage, tables
+from imgshards import __version__, dali_backend, progress, run_state, storage, tables
 from imgshards.augment import copies_per_image
 from imgshards.config import PipelineConfig, PreprocessConfig
 from imgshards.schemas import (
@@ -141,6 +141,42 @@ def augmented_copies(images: DataFrame, config: PipelineConfig) -> Optional[Data
 def run_preprocess(
     spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int] = None
 ) -> PreprocessCounts:
+    remembered = as_of_version is None and run_state.usable(config)
+    if remembered:
+        before = run_state.table_versions(spark, config, (IMAGES_TABLE, PROCESSED_TABLE))
+        done = _known_complete(spark, config, before)
+        if done is not None:
+            log.info("preprocess: nothing to make, %d samples already processed (images v%d, processed v%d "
+                     "as the last run left them)", done.already_processed, *before.values())
+            return done
+    counts = _preprocess_version(spark, config, run_id, as_of_version)
+    if remembered and not counts.quarantined:  # quarantined rows are tried again next time
+        after = run_state.kept_after(spark, config, {PROCESSED_TABLE: before[PROCESSED_TABLE]}, run_id)
+        if after is not None:
+            run_state.save(spark, config, "preprocess", {
+                "settings": _state_settings(config), "images": counts.source_version,
+                "processed": after[PROCESSED_TABLE], "samples": counts.processed + counts.already_processed,
+                "run_id": run_id})
+    return counts
+
+
+def _state_settings(config: PipelineConfig) -> list:
+    return [__version__, *config.sample_fingerprints()]
+
+
+def _known_complete(spark: SparkSession, config: PipelineConfig, versions: dict) -> Optional[PreprocessCounts]:
+    """The counts of a run with nothing to make, when the last run left every wanted sample in ``processed``
+    and neither table has a commit since (``versions``): asking Delta would find the same."""
+    state = run_state.load(spark, config, "preprocess")
+    if (not state or state.get("settings") != _state_settings(config)
+            or versions != {IMAGES_TABLE: state.get("images"), PROCESSED_TABLE: state.get("processed")}):
+        return None
+    return PreprocessCounts(source_version=state["images"], config_fingerprint=config.output_fingerprint(),
+                            already_processed=state["samples"])
+
+
+def _preprocess_version(spark: SparkSession, config: PipelineConfig, run_id: str,
+                        as_of_version: Optional[int]) -> PreprocessCounts:
     images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     live, *largest = images.agg(F.count(F.lit(1)), F.max("size_bytes"),

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 from pyspark.sql.window import Window
 
-from imgshards import storage, tables
+from imgshards import __version__, run_state, storage, tables
 from imgshards.config import PipelineConfig, join_path
 from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, PROCESSED_TABLE, QUARANTINE_TABLE, TABLES
 
@@ -84,9 +84,9 @@ def _latest_summaries(config: PipelineConfig) -> dict:
     return found
 
 
-def fates(spark: SparkSession, config: PipelineConfig, runs: dict) -> dict:
+def fates(spark: SparkSession, config: PipelineConfig) -> dict:
     """Every file's fate over the tables: images (live, marked deleted), duplicates, quarantine rows per
-    stage and reason with examples; skipped files come from the latest ingest run (no table keeps them)."""
+    stage and reason with examples (the skipped files: :func:`skipped`)."""
     k = config.report.examples_per_reason
     out = {"images": 0, "deleted": 0, "duplicates": 0, "duplicate_examples": [], "quarantine": [], "skipped": None}
     images = _table(spark, config, IMAGES_TABLE)
@@ -107,13 +107,17 @@ def fates(spark: SparkSession, config: PipelineConfig, runs: dict) -> dict:
         for r in counted.join(examples, ["stage", "reason"]).orderBy(F.desc("count"), "stage", "reason").collect():
             out["quarantine"].append({"stage": r["stage"], "reason": r["reason"], "count": r["count"],
                                       "examples": [e.asDict() for e in r["examples"]]})
+    return out
+
+
+def skipped(runs: dict) -> Optional[dict]:
+    """The files the latest ingest run skipped (hidden, not images): no table keeps them."""
     for job in ("pipeline", "ingest"):
         ingest = (runs.get(job) or {}).get("ingest")
         if ingest:
-            out["skipped"] = {"run_id": runs[job]["run_id"], "hidden": ingest["skipped_hidden"],
-                              "non_image": ingest["skipped_non_image"]}
-            break
-    return out
+            return {"run_id": runs[job]["run_id"], "hidden": ingest["skipped_hidden"],
+                    "non_image": ingest["skipped_non_image"]}
+    return None
 
 
 def _bins() -> list:
@@ -227,28 +231,47 @@ def samples(spark: SparkSession, config: PipelineConfig, meta: DataFrame) -> dic
     return {"grid": grid, "augmented": augmented}
 
 
-def lineage(spark: SparkSession, config: PipelineConfig) -> dict:
-    """The export's manifest (source version, fingerprints, resolved config, normalization) and each
-    table's recent history with the run ids and jobs that committed."""
-    text = storage.read_text(spark, join_path(config.output, "manifest.json"))
-    manifest = json.loads(text) if text else None
-    history = {name: tables.history(spark, config.table_path(name), limit=10) for name in TABLES}
-    return {"manifest": manifest, "history": history}
+def history(spark: SparkSession, config: PipelineConfig) -> dict:
+    """Each table's recent history with the run ids and jobs that committed."""
+    return {name: tables.history(spark, config.table_path(name), limit=10) for name in TABLES}
 
 
 def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = None) -> dict:
     """Everything the report shows. ``runs``: summaries of the runs to describe (job -> summary); the
-    newest summaries under ``<workdir>/runs`` fill in the jobs not given."""
+    newest summaries under ``<workdir>/runs`` fill in the jobs not given.
+
+    What comes from the tables is kept in the warehouse's state with the tables' versions (see
+    :mod:`imgshards.run_state`): a report over the same versions and settings reuses it without Spark."""
     runs = {**_latest_summaries(config), **(runs or {})}
+    if run_state.usable(config):
+        versions = run_state.table_versions(spark, config, TABLES)
+        settings = [__version__, config.fingerprint()]
+        state = run_state.load(spark, config, "report")
+        if state and state.get("settings") == settings and state.get("versions") == versions:
+            found = state["data"]
+        else:
+            found = _from_tables(spark, config)
+            if run_state.table_versions(spark, config, TABLES) == versions:  # no commit while it was read
+                run_state.save(spark, config, "report", {"settings": settings, "versions": versions, "data": found})
+    else:
+        found = _from_tables(spark, config)
+    text = storage.read_text(spark, join_path(config.output, "manifest.json"))
+    found["fates"]["skipped"] = skipped(runs)
+    return {"runs": runs, "config": config.to_dict(), **found,
+            "lineage": {"manifest": json.loads(text) if text else None, "history": found.pop("history")}}
+
+
+def _from_tables(spark: SparkSession, config: PipelineConfig) -> dict:
+    """The report's sections that come from the tables: fates, profile, near-duplicates, samples, history."""
     images = _table(spark, config, IMAGES_TABLE)
-    data = {"runs": runs, "config": config.to_dict()}
+    data: dict = {}
     meta = None
     if images is not None:
         live = images.filter(F.col("deleted_at").isNull())
         meta = live.select("sha256", "path", "label", "split", "format", "width", "height", "size_bytes",
                            "near_dup_cluster").persist()
     try:
-        data["fates"] = fates(spark, config, runs)
+        data["fates"] = fates(spark, config)
         if meta is not None:
             data["profile"] = profile(meta)
             data["near_duplicates"] = near_duplicates(spark, config, meta, live)
@@ -258,5 +281,5 @@ def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = N
     finally:
         if meta is not None:
             meta.unpersist()
-    data["lineage"] = lineage(spark, config)
+    data["history"] = history(spark, config)
     return data
