@@ -270,6 +270,7 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     big = {f"file:/x/{i:04d}.jpg": LISTED_TASK_BYTES // 10 for i in range(1000)}
     assert listed_files(spark, big).rdd.getNumPartitions() == 100
     assert listed_files(spark, {"file:/x/one.jpg": 5}).rdd.getNumPartitions() == 1
+    assert listed_files(spark, {}).collect() == []
 
 
 def test_near_duplicate_clusters_split_in_the_configured_proportions():

@@ -213,8 +213,16 @@ def listed_files(spark: SparkSession, listed: dict) -> DataFrame:
     Spark's binaryFile would list the folder a second time (1.6 s for 5,161 files here) for nothing."""
     sc = spark.sparkContext
     tasks = max(LISTED_TASKS_PER_CORE * sc.defaultParallelism, -(-sum(listed.values()) // LISTED_TASK_BYTES))
-    rows = sorted(listed.items())
-    return spark.createDataFrame(sc.parallelize(rows, max(1, min(tasks, len(rows)))), "path string, length long")
+    paths = sorted(listed)
+    frame = pd.DataFrame({"id": range(len(paths)), "path": paths, "length": [listed[p] for p in paths]})
+    # Through Arrow into the JVM, then spread over the tasks by a range join: every scan of it stays in the
+    # JVM. sc.parallelize would hand each scan's rows to the RDD Python workers (another pool than the
+    # pandas UDFs'), about 1 s a scan of 5,000 rows here, and ingest scans it more than once.
+    with tables.temporary_conf(spark, "spark.sql.execution.arrow.pyspark.enabled", "true"):
+        rows = spark.createDataFrame(frame, "id long, path string, length long")
+    if len(paths) <= tables.BROADCAST_ROWS:
+        rows = F.broadcast(rows)
+    return spark.range(0, len(paths), numPartitions=max(1, min(tasks, len(paths)))).join(rows, "id").drop("id")
 
 
 def read_labels_file(spark: SparkSession, labels: LabelsConfig) -> DataFrame:
@@ -295,9 +303,10 @@ def ingest_batch(
         # The one pass over the files' bytes (sha256, probe, dHash) also gives every count it decides.
         read = probed_ok = 0
         reasons: Counter = Counter(reason for _, _, reason, _ in rejected)
-        # While the executors probe, the driver opens (or creates) the images table: a JVM's first Delta
-        # operation loads Delta's classes and log machinery, about 2 s that would otherwise follow the pass.
-        opening = _in_background(tables.ensure_table, spark, config.table_path(IMAGES_TABLE), IMAGES_SCHEMA)
+        # While the executors probe, the driver opens (or creates) the three tables ingest writes: a JVM's
+        # first Delta operation loads Delta's classes and log machinery, about 2 s, and each creation is a
+        # commit of its own (0.4-1 s), all of which would otherwise follow the pass.
+        opening = _in_background(_ensure_tables, spark, config)
         outcomes = _outcomes(probed, oversized).collect()
         opening.join()
         for row in outcomes:
@@ -327,6 +336,14 @@ def ingest_batch(
         probed.unpersist()
     counts.check()
     return counts
+
+
+_INGEST_TABLES = ((IMAGES_TABLE, IMAGES_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_SCHEMA), (DUPLICATES_TABLE, DUPLICATES_SCHEMA))
+
+
+def _ensure_tables(spark: SparkSession, config: PipelineConfig) -> None:
+    for name, schema in _INGEST_TABLES:
+        tables.ensure_table(spark, config.table_path(name), schema)
 
 
 def _in_background(call, *args) -> InheritableThread:
