@@ -20,7 +20,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, free_port, server_process
-from imgshards import cli, metrics, progress
+from imgshards import metrics, progress, workers
 from imgshards.jobs import history as history_job
 from imgshards.jobs import ingest as ingest_job
 from imgshards.jobs import pipeline as pipeline_job
@@ -177,7 +177,7 @@ def test_progress_leaves_out_the_background_start_of_python_workers(spark):
     lines = set()
     for _ in range(5):  # the status tracker is updated asynchronously: a race shows in some attempts
         with progress.track(spark, 3600, "pipeline") as reporter:
-            thread = cli.start_python_workers(spark)
+            thread = workers.start(spark)
             while thread.is_alive():
                 lines.add(reporter.line())
             lines.add(reporter.line())

@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import importlib
 import json
 import logging
 import os
 import sys
-import threading
 import time
 import uuid
 import warnings
 from typing import Callable, Optional, Sequence
 
-from imgshards import metrics, progress, storage, tables
+from imgshards import metrics, progress, storage, tables, workers
 from imgshards.config import ConfigError, PipelineConfig, load_config, resolve_local
 from imgshards.schemas import TABLES
 from imgshards.tables import TableVersionError
@@ -80,38 +78,9 @@ def get_spark(app_name: str):
     return SparkSession.builder.appName(app_name).getOrCreate()
 
 
-# Jobs whose work runs in the executors' Python workers (pandas UDFs), which start them early.
-_PYTHON_JOBS = ("ingest", "pipeline", "preprocess", "export", "report")
-
-
-def _import_worker_modules(batches):
-    """mapInPandas body run in each Python worker: import what the jobs' pandas UDFs use (pandas, pyarrow,
-    Pillow, imgshards); returns the batches as they are."""
-    for name in ("imgshards.ingest", "imgshards.transform"):
-        importlib.import_module(name)
-    yield from batches
-
-
-def start_python_workers(spark) -> threading.Thread:
-    """Start the executors' Python workers and their imports, one task per core, in a background job while
-    the driver lists files and opens tables. Workers are reused (spark.python.worker.reuse), so the first
-    pandas UDF finds them ready instead of waiting 1-1.5 s for each to start and import; a failure here
-    is left for the job's own first task to report."""
-    sc = spark.sparkContext
-
-    def run() -> None:
-        sc.setLocalProperty(progress.STAGE_PROPERTY, "start")  # this thread's jobs (scripts/profile_run.py)
-        sc.setJobGroup(progress.BACKGROUND_GROUP, "start Python workers")  # not the stage's progress
-        try:
-            # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
-            spark.range(0, sc.defaultParallelism, numPartitions=sc.defaultParallelism).mapInPandas(
-                _import_worker_modules, "id long").collect()
-        except Exception as e:  # noqa: BLE001
-            log.debug("starting the Python workers early failed: %s", e)
-
-    thread = threading.Thread(target=run, name="start-python-workers", daemon=True)
-    thread.start()
-    return thread
+# Jobs whose pandas UDFs run whatever they find: their Python workers start with the session. Ingest and
+# preprocess (and so the pipeline) start them once they know they have work (workers.start_once).
+_WORKERS_AT_START = ("export", "report")
 
 
 # Which locations each job reads (input) or writes (output): checked at start, before any work.
@@ -166,8 +135,8 @@ def run_job(
     run_id = args.run_id or new_run_id()
     log.info("%s run %s with config %s", job, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job}")
-    if job in _PYTHON_JOBS:
-        start_python_workers(spark)
+    if job in _WORKERS_AT_START:
+        workers.start_once(spark)
     try:
         started = time.monotonic()
         with progress.stage(job):

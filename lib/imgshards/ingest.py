@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import imaging, ingest_state, near_duplicates, progress, storage, tables
+from imgshards import imaging, ingest_state, near_duplicates, progress, storage, tables, workers
 from imgshards.config import LabelsConfig, PipelineConfig, join_path
 from imgshards.filesystems import open_source
 from imgshards.rules import (
@@ -561,6 +561,7 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
             log.info("nothing changed under %s since the last ingest (listing, settings, tables): no file read", base)
             return unchanged
         before = ingest_state.table_versions(spark, config)
+    workers.start_once(spark)  # while the driver reads the labels and opens the tables
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     # Local files: the pass takes the listing as it is (the workers read the files); elsewhere Spark's reader.
     files = listed_files(spark, candidates) if urlparse(base).scheme == "file" else read_files(spark, input_root, config)
@@ -620,6 +621,7 @@ def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: s
     it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see README).
     """
     storage.require_dir(spark, input_root)
+    workers.start_once(spark)
     ingest = config.ingest
     base = storage.qualify(spark, input_root).rstrip("/")
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None

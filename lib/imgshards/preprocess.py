@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 from pyspark.sql.window import Window
 
-from imgshards import __version__, dali_backend, progress, run_state, storage, tables
+from imgshards import __version__, dali_backend, progress, run_state, storage, tables, workers
 from imgshards.augment import copies_per_image
 from imgshards.config import PipelineConfig, PreprocessConfig
 from imgshards.schemas import (
@@ -149,6 +149,7 @@ def run_preprocess(
             log.info("preprocess: nothing to make, %d samples already processed (images v%d, processed v%d "
                      "as the last run left them)", done.already_processed, *before.values())
             return done
+    workers.start_once(spark)
     counts = _preprocess_version(spark, config, run_id, as_of_version)
     if remembered and not counts.quarantined:  # quarantined rows are tried again next time
         after = run_state.kept_after(spark, config, {PROCESSED_TABLE: before[PROCESSED_TABLE]}, run_id)

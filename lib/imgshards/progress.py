@@ -115,7 +115,7 @@ def track(spark, interval_s: float, job: str) -> Iterator[Optional[Progress]]:
 # The Spark jobs a stage starts carry its name in this local property (event logs keep it with each job:
 # scripts/profile_run.py groups by it), and in their description (the Spark UI's job list shows it).
 STAGE_PROPERTY = "imgshards.stage"
-# Jobs the driver starts for itself in the background (cli.start_python_workers): no stage's progress.
+# Jobs the driver starts for itself in the background (workers.start): no stage's progress.
 BACKGROUND_GROUP = "imgshards-background"
 
 
