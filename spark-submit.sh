@@ -87,11 +87,40 @@ submit=(
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog
 )
 
+# Class data sharing for local runs (IMGSHARDS_CDS=0: off). Loading and verifying Spark's, Delta's and
+# Hadoop's classes is much of a small run's time: once per Java and set of jars, a short job
+# (scripts/class_data_job.py) dumps the classes it loaded into an archive as it exits (JDK dynamic CDS),
+# and every local run maps that archive instead (README, Benchmarks). A stale or damaged archive is
+# ignored by the JVM, which then loads the classes from the jars as usual.
+class_data_options() {
+  local java key dir archive dump
+  java="$(readlink -f "${JAVA_HOME:+$JAVA_HOME/bin/java}" 2>/dev/null || readlink -f "$(command -v java)")"
+  key="$(ls -l --time-style=+%s "$java" "$SPARK_HOME"/jars/*.jar "$root"/.jars/*.jar "$root"/.jars/s3/*.jar 2>/dev/null \
+    | awk '{print $5, $6, $7}' | sha256sum | cut -c1-16)"
+  dir="$root/.jars/cds"; archive="$dir/classes-$key.jsa"
+  local quiet=(-Xlog:cds=off -Xlog:cds+dynamic=off)  # its notes would go to the job's stdout
+  if [[ ! -s "$archive" ]]; then
+    mkdir -p "$dir"
+    rm -f "$dir"/classes-*.jsa  # made for other jars or another Java
+    dump="$archive.$$"
+    echo "[setup] class-data archive for faster JVM starts (once for these jars and this Java)" >&2
+    "${submit[@]}" --driver-java-options "$log4j -XX:ArchiveClassesAtExit=$dump ${quiet[*]} $driver_java" \
+      "$root/scripts/class_data_job.py" >"$dir/last-dump.log" 2>&1 \
+      && [[ -s "$dump" ]] && mv -f "$dump" "$archive" \
+      || echo "[setup] no class-data archive (see $dir/last-dump.log); runs load the classes as usual" >&2
+    rm -f "$dump"
+  fi
+  [[ -s "$archive" ]] && printf '%s ' "-XX:SharedArchiveFile=$archive" "${quiet[@]}"
+  return 0
+}
+
 if [[ "$master" == local* ]]; then
   [[ "$deploy_mode" == client ]] || { echo "spark-submit.sh: a local master has no cluster deploy mode" >&2; exit 2; }
   # One machine: driver and executors run the project environment, which has the package installed.
   export PYSPARK_PYTHON="$venv/bin/python" PYSPARK_DRIVER_PYTHON="$venv/bin/python"
-  submit+=(--driver-java-options "$log4j $driver_java")
+  class_data=""
+  [[ "${IMGSHARDS_CDS:-1}" == 0 ]] || class_data="$(class_data_options)"
+  submit+=(--driver-java-options "$log4j $class_data $driver_java")
   target=("$job_file")
 else
   variant=()

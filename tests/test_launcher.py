@@ -102,3 +102,25 @@ def test_cluster_run_with_a_missing_packed_environment_fails_naming_it(tmp_path)
 def test_bad_launcher_options_fail_naming_them(args, message):
     result = launch(*args, timeout=120)
     assert result.returncode == 2 and message in result.stderr
+
+
+def _classes_from_the_archive(tmp_path, env: dict) -> int:
+    """How many classes a local run's driver JVM took from the class-data archive's top layer."""
+    logs = tmp_path / f"classes-{env.get('IMGSHARDS_CDS', 'on')}"
+    logs.mkdir()
+    # Every JVM of the launch logs its class loading to a file of its own (%p: its pid).
+    result = launch("history", "--warehouse", str(tmp_path / "warehouse"),
+                    env={**env, "JAVA_TOOL_OPTIONS": f"-Xlog:class+load=info:file={logs}/load-%p.txt"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    texts = [path.read_text() for path in logs.iterdir()]
+    assert any("org.apache.spark.SparkContext " in text for text in texts), "no driver JVM log was found"
+    return sum(text.count("source: shared objects file (top)") for text in texts)
+
+
+@pytest.mark.slow
+def test_local_runs_load_their_classes_from_the_class_data_archive(tmp_path):
+    shared = _classes_from_the_archive(tmp_path, {})
+    archives = [name for name in os.listdir(os.path.join(ROOT, ".jars", "cds")) if name.endswith(".jsa")]
+    assert len(archives) == 1, archives
+    assert shared > 5000, "the run mapped the archive made for these jars (some 13,000 classes)"
+    assert _classes_from_the_archive(tmp_path, {"IMGSHARDS_CDS": "0"}) == 0
