@@ -99,15 +99,18 @@ class_data_options() {
     | awk '{print $5, $6, $7}' | sha256sum | cut -c1-16)"
   dir="$root/.jars/cds"; archive="$dir/classes-$key.jsa"
   local quiet=(-Xlog:cds=off -Xlog:cds+dynamic=off)  # its notes would go to the job's stdout
-  if [[ ! -s "$archive" ]]; then
-    mkdir -p "$dir"
-    rm -f "$dir"/classes-*.jsa  # made for other jars or another Java
+  # A failed dump is not tried again for these jars and this Java (delete the .failed file to retry).
+  if [[ ! -s "$archive" && ! -e "$archive.failed" ]] && mkdir -p "$dir" 2>/dev/null; then
+    rm -f "$dir"/classes-*.jsa "$dir"/classes-*.failed  # made for other jars or another Java
     dump="$archive.$$"
     echo "[setup] class-data archive for faster JVM starts (once for these jars and this Java)" >&2
-    "${submit[@]}" --driver-java-options "$log4j -XX:ArchiveClassesAtExit=$dump ${quiet[*]} $driver_java" \
-      "$root/scripts/class_data_job.py" >"$dir/last-dump.log" 2>&1 \
-      && [[ -s "$dump" ]] && mv -f "$dump" "$archive" \
-      || echo "[setup] no class-data archive (see $dir/last-dump.log); runs load the classes as usual" >&2
+    if "${submit[@]}" --driver-java-options "$log4j -XX:ArchiveClassesAtExit=$dump ${quiet[*]} $driver_java" \
+        "$root/scripts/class_data_job.py" >"$dir/last-dump.log" 2>&1 && [[ -s "$dump" ]]; then
+      mv -f "$dump" "$archive"
+    else
+      echo "[setup] no class-data archive (see $dir/last-dump.log); runs load the classes as usual" >&2
+      touch "$archive.failed"
+    fi
     rm -f "$dump"
   fi
   [[ -s "$archive" ]] && printf '%s ' "-XX:SharedArchiveFile=$archive" "${quiet[@]}"
