@@ -9,8 +9,8 @@ Turn the event log on for a run, then point this at the log file (or its folder:
     .venv/bin/python scripts/profile_run.py /tmp/events [--top 15]
 
 Jobs are grouped by the ``imgshards.stage`` property the jobs set on the Spark jobs they start (ingest,
-preprocess, export, report; ``start`` is the background job that starts the Python workers as the session
-starts, see imgshards.workers); a stage's wall time runs from the end of the previous stage's last Spark job
+preprocess, export, report; ``start`` is the background job that starts the Python workers once a stage
+has work, see imgshards.workers); a stage's wall time runs from the end of the previous stage's last Spark job
 (or the application's start) to the end of its own last one, so the driver work before a stage's first job
 counts to that stage.
 """
