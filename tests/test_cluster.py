@@ -156,9 +156,9 @@ def launch_killing_executors(master: str, cluster_dir: str, *args: str) -> tuple
     return result, killed
 
 
-# Three pipelines on the cluster and one local: about 10 minutes on 2 cores, past the suite's 900 s limit on a
-# slow day (CI once timed it out there, and a timeout interrupts the shared session's py4j mid-call, which
-# fails every later test with it).
+# Three pipelines on the cluster and one local: 926 s alone on 2 cores on a slow day, past the suite's 900 s limit
+# (CI once timed it out there, and a timeout interrupts the shared session's py4j mid-call, which fails
+# every later test with it).
 @pytest.mark.timeout(2400)
 def test_pipeline_on_the_cluster_equals_a_local_run(spark, cluster, tmp_path):
     master, cluster_dir = cluster
