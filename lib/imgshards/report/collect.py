@@ -100,13 +100,20 @@ def fates(spark: SparkSession, config: PipelineConfig) -> dict:
         out["duplicate_examples"] = [r.asDict() for r in duplicates.select("path", "duplicate_of").orderBy("path").limit(k).collect()]
     quarantine = _table(spark, config, QUARANTINE_TABLE)
     if quarantine is not None:
-        rank = F.row_number().over(Window.partitionBy("stage", "reason").orderBy("path"))
-        counted = quarantine.groupBy("stage", "reason").count()
-        examples = (quarantine.withColumn("rank", rank).filter(F.col("rank") <= k)
-                    .groupBy("stage", "reason").agg(F.collect_list(F.struct("path", "detail")).alias("examples")))
-        for r in counted.join(examples, ["stage", "reason"]).orderBy(F.desc("count"), "stage", "reason").collect():
-            out["quarantine"].append({"stage": r["stage"], "reason": r["reason"], "count": r["count"],
-                                      "examples": [e.asDict() for e in r["examples"]]})
+        # One shuffle: each (stage, reason) counted and its first paths picked over the same partitioning
+        # (the first row of every reason is kept, for its count, even when no examples are wanted).
+        per_reason = Window.partitionBy("stage", "reason")
+        picked = (quarantine.select("stage", "reason", "path", "detail",
+                                    F.count(F.lit(1)).over(per_reason).alias("count"),
+                                    F.row_number().over(per_reason.orderBy("path")).alias("rank"))
+                  .filter(F.col("rank") <= max(k, 1)).collect())
+        reasons: dict = {}
+        for r in sorted(picked, key=lambda r: r["rank"]):
+            entry = reasons.setdefault((r["stage"], r["reason"]), {"stage": r["stage"], "reason": r["reason"],
+                                                                   "count": r["count"], "examples": []})
+            if r["rank"] <= k:
+                entry["examples"].append({"path": r["path"], "detail": r["detail"]})
+        out["quarantine"] = sorted(reasons.values(), key=lambda e: (-e["count"], e["stage"], e["reason"]))
     return out
 
 
@@ -162,13 +169,17 @@ def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame
     """Near-duplicate clusters, those crossing splits first, each with a few members' thumbnails (from the
     original bytes; for images ingested by reference, which have none, from their processed sample)."""
     clustered = meta.filter(F.col("near_dup_cluster").isNotNull())
+    # One row per cluster with its first members, kept for the totals and the clusters shown.
     clusters = clustered.groupBy("near_dup_cluster").agg(
         F.count(F.lit(1)).alias("size"), F.countDistinct("split").alias("splits"),
         F.slice(F.sort_array(F.collect_list(F.struct("path", "split", "sha256"))), 1, CLUSTER_MEMBERS).alias("members"),
-    )
-    totals = clusters.agg(F.count(F.lit(1)), F.count(F.when(F.col("splits") > 1, 1))).head()
-    shown = (clusters.orderBy(F.desc(F.col("splits") > 1), F.desc("size"), "near_dup_cluster")
-             .limit(config.report.near_duplicate_clusters).collect())
+    ).persist()
+    try:
+        totals = clusters.agg(F.count(F.lit(1)), F.count(F.when(F.col("splits") > 1, 1))).head()
+        shown = (clusters.orderBy(F.desc(F.col("splits") > 1), F.desc("size"), "near_dup_cluster")
+                 .limit(config.report.near_duplicate_clusters).collect())
+    finally:
+        clusters.unpersist()
     wanted = {m["sha256"] for c in shown for m in c["members"]}
     thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted)) & F.col("content").isNotNull()) if wanted else None,
                          "content", F.col("format"), config)
