@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 
 from conftest import shared_dataset
-from imgshards import imaging, ingest_state, storage
+from imgshards import imaging, ingest_state, near_duplicates, storage
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest, run_ingest_stream
-from imgshards.near_duplicates import assign_clusters
+from imgshards.near_duplicates import components
 from imgshards.rules import split_of
 from imgshards.preprocess import run_preprocess
 from imgshards.sample import make_sample_dataset
@@ -273,21 +273,54 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     assert listed_files(spark, {}).collect() == []
 
 
-def test_near_duplicate_clusters_split_in_the_configured_proportions():
+ND_COLUMNS = "sha256 string, phash long, path string, split string"
+
+
+def _cluster_rows(spark, rows, live=()):
+    """near_duplicates.clusters over accepted ``rows`` and ``live`` rows: ({sha256: (cluster, split)}, report)."""
+    settings = load_config(overrides=[]).ingest.near_duplicates
+    with near_duplicates.clusters(spark, settings, spark.createDataFrame(rows, ND_COLUMNS),
+                                  spark.createDataFrame(list(live), ND_COLUMNS)) as (assigned, report):
+        found = {} if assigned is None else {r[0]: (r[1], r[2]) for r in assigned.collect()}
+    return found, report
+
+
+def test_near_duplicate_clusters_split_in_the_configured_proportions(spark):
     """A new cluster takes the split of a member picked independently of the split rule: with the smallest
     sha256's split, clusters of 13 near-copies (the benchmark's replicated photos) all landed in train."""
     split = load_config(overrides=[]).ingest.split
-    pairs, new_splits = [], {}
+    rng = np.random.default_rng(11)
+    rows = []
     for c in range(400):
-        shas = [hashlib.sha256(f"cluster {c} member {m}".encode()).hexdigest() for m in range(13)]
-        new_splits.update((s, split_of(s, split)) for s in shas)
-        pairs += [{"a": a, "a_path": a, "a_split": new_splits[a], "b": shas[0], "b_path": shas[0],
-                   "b_split": new_splits[shas[0]], "b_existing": False} for a in shas[1:]]
-    assignment, report = assign_clusters(pairs, new_splits, same_split=True)
-    assert report["clusters"] == 400 and report["crossing_splits"] == 0
-    clusters = {cluster: target for cluster, target in assignment.values()}
-    shares = {name: sum(t == name for t in clusters.values()) / len(clusters) for name in ("train", "val", "test")}
+        phash = int(rng.integers(-2**63, 2**63 - 1))  # random hashes are ~32 bits apart: one cluster each
+        for m in range(13):
+            sha = hashlib.sha256(f"cluster {c} member {m}".encode()).hexdigest()
+            rows.append((sha, phash, f"c{c}/m{m}.jpg", split_of(sha, split)))
+    assignment, report = _cluster_rows(spark, rows)
+    assert report["clusters"] == 400 and report["images"] == 5200 and report["crossing_splits"] == 0
+    assert report["hash_pairs"] == 0  # identical hashes are one node: no pair among the 13 copies
+    assert len(assignment) == 5200
+    clusters: dict = {}
+    for cluster, target in assignment.values():
+        clusters.setdefault(cluster, set()).add(target)
+    assert len(clusters) == 400 and all(len(t) == 1 for t in clusters.values())
+    shares = {name: sum(t == {name} for t in clusters.values()) / len(clusters) for name in ("train", "val", "test")}
     assert 0.7 < shares["train"] < 0.9 and 0.05 < shares["val"] < 0.15 and 0.05 < shares["test"] < 0.15, shares
+
+
+def test_near_duplicate_clusters_chain_through_near_hashes_and_keep_the_tables_split(spark):
+    """Hashes 2 bits apart chain into one cluster (a–b–c, a and c 4+2 bits apart); a cluster with rows in
+    the table takes their most common split; a hash far from all others is no cluster; the cluster id is
+    the smallest sha256 among its members, table rows included."""
+    a, b, c, far = 0, 0b11, 0b11 | (0b1111 << 8), -1
+    live = [("0000", a, "old/a1.jpg", "val"), ("0001", a, "old/a2.jpg", "val"), ("0002", far, "old/far.jpg", "train")]
+    rows = [("b0", b, "new/b0.jpg", "train"), ("b1", b, "new/b1.jpg", "test"), ("c0", c, "new/c0.jpg", "train"),
+            ("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
+    assignment, report = _cluster_rows(spark, rows, live)
+    assert assignment == {"b0": ("0000", "val"), "b1": ("0000", "val"), "c0": ("0000", "val")}
+    assert (report["clusters"], report["images"], report["crossing_splits"]) == (1, 3, 0)
+    assert report["hash_pairs"] == 2  # a–b and b–c, each once however many images share a hash
+    assert components([(5, 3), (3, 9), (7, 8)]) == {5: 3, 3: 3, 9: 3, 7: 7, 8: 7}
 
 
 def test_near_duplicates_reported_when_not_moved(spark, tmp_path):
@@ -301,6 +334,10 @@ def test_near_duplicates_reported_when_not_moved(spark, tmp_path):
     crossing = sum(rows[f"p{i}.jpg"] != rows[f"p{i}_copy.jpg"] for i in range(12))
     assert counts.near_duplicates["clusters"] == 12
     assert counts.near_duplicates["crossing_splits"] == crossing
+    examples = counts.near_duplicates["crossing_examples"]
+    assert len(examples) == min(crossing, 5) and [e["cluster"] for e in examples] == sorted(e["cluster"] for e in examples)
+    for e in examples:
+        assert len(e["paths"]) == 2 and len(e["splits"]) == 2 and e["paths"] == sorted(e["paths"])
 
 
 def test_oversized_file_is_quarantined_not_a_failure(spark, tmp_path):

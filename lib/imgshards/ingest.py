@@ -9,6 +9,7 @@ of only what changes, so re-runs and replays add nothing twice. The per-file rul
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -471,15 +472,23 @@ def _write(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, p
 def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, table: DataFrame,
                   counts: IngestCounts, run_id: str) -> None:
     """The accepted rows, with their near-duplicate clusters and their bytes, into ``images``."""
-    clusters = None
-    if config.ingest.near_duplicates.enabled:
-        clusters, counts.near_duplicates = near_duplicates.clusters(
-            spark, config.ingest.near_duplicates, accepted, table.filter(F.col("deleted_at").isNull()))
-    if clusters is not None:
-        accepted = (accepted.join(clusters, "sha256", "left")
-                    .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
-    else:
-        accepted = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
+    nd = config.ingest.near_duplicates
+    found = (near_duplicates.clusters(spark, nd, accepted, table.filter(F.col("deleted_at").isNull())) if nd.enabled
+             else contextlib.nullcontext((None, {})))
+    with found as (clusters, report):
+        if nd.enabled:
+            counts.near_duplicates = report
+        if clusters is not None:
+            accepted = (accepted.join(clusters, "sha256", "left")
+                        .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
+        else:
+            accepted = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
+        _write_rows(spark, config, files, accepted, counts, run_id)
+
+
+def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, counts: IngestCounts,
+                run_id: str) -> None:
+    """The accepted rows (clusters joined), with their bytes unless ``content`` is ``reference``."""
     if config.ingest.content == "reference":  # path, sha256 and header fields only: no second read
         images = accepted.withColumn("content", F.lit(None).cast("binary"))
     else:

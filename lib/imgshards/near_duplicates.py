@@ -1,20 +1,26 @@
-"""Near-duplicate images by perceptual hash (64-bit dHash, imgshards.imaging.perceptual_hash): pairs within
-a Hamming distance found by a join on bit bands (no all-pairs comparison), then clusters by union-find, kept
-in one split so that a near-copy of a training image does not land in validation."""
+"""Near-duplicate images by perceptual hash (64-bit dHash, imgshards.imaging.perceptual_hash), kept in one
+split so that a near-copy of a training image does not land in validation.
+
+Images with the same hash are one node, so a photo copied a thousand times costs one node, not half a
+million pairs. Nodes within a Hamming distance are found by a join on bit bands (no all-pairs comparison);
+only those hash pairs reach the driver, as two longs each, for a union-find. Everything per image (which
+cluster, which split, which clusters cross splits) is an aggregation in Spark."""
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
-from collections import Counter
-from typing import Optional, Sequence
+from typing import Iterator, Optional
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from imgshards.config import NearDuplicatesConfig
 from imgshards.rules import EXAMPLES
 
 log = logging.getLogger(__name__)
+
+NO_CLUSTERS = {"clusters": 0, "images": 0, "hash_pairs": 0, "crossing_splits": 0, "crossing_examples": []}
 
 
 def _bands(max_distance: int) -> list[tuple[int, int]]:
@@ -26,45 +32,31 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
     return list(zip(offsets, widths))
 
 
-def _banded(df: DataFrame, max_distance: int) -> DataFrame:
+def _banded(hashes: DataFrame, max_distance: int) -> DataFrame:
     bands = [
         F.struct(F.lit(i).alias("band"), F.shiftright(F.col("phash"), offset).bitwiseAND(F.lit((1 << width) - 1).cast("long")).alias("value"))
         for i, (offset, width) in enumerate(_bands(max_distance))
     ]
-    return df.select("*", F.explode(F.array(*bands)).alias("b")).select("*", "b.band", "b.value").drop("b")
+    return hashes.select("phash", F.explode(F.array(*bands)).alias("b")).select("phash", "b.band", "b.value")
 
 
-def near_duplicate_pairs(new: DataFrame, others: DataFrame, max_distance: int) -> DataFrame:
-    """Pairs (a from ``new``, b from ``others``) whose perceptual hashes are at most ``max_distance`` bits apart."""
-    a = _banded(new.select("sha256", "phash", "path", "split"), max_distance).alias("a")
-    b = _banded(others.select("sha256", "phash", "path", "split", "existing"), max_distance).alias("b")
+def hash_pairs(new: DataFrame, known: DataFrame, max_distance: int) -> DataFrame:
+    """Distinct hash pairs (a from ``new``, b from ``known``; a != b) at most ``max_distance`` bits apart.
+    Both frames have a ``phash`` column; each hash takes part once however many images share it."""
+    a = _banded(new.select("phash").distinct(), max_distance).alias("a")
+    b = _banded(known.select("phash").distinct(), max_distance).alias("b")
     return (
         a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
-               & (F.col("a.sha256") != F.col("b.sha256")))
-        .select(F.col("a.sha256").alias("a"), F.col("a.path").alias("a_path"), F.col("a.split").alias("a_split"),
-                F.col("b.sha256").alias("b"),
-                F.col("b.path").alias("b_path"), F.col("b.split").alias("b_split"), F.col("b.existing").alias("b_existing"),
-                F.expr("bit_count(a.phash ^ b.phash)").alias("distance"))
-        .filter(F.col("distance") <= max_distance)
-        .dropDuplicates(["a", "b"])
+               & (F.col("a.phash") != F.col("b.phash")))
+        .select(F.col("a.phash").alias("a"), F.col("b.phash").alias("b"))
+        .filter(F.expr(f"bit_count(a ^ b) <= {int(max_distance)}"))
+        .select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b"))
+        .distinct()
     )
 
 
-def _representative(shas: Sequence[str]) -> str:
-    """The member whose split a new cluster takes: the smallest by a hash of its sha256, not the smallest
-    sha256 itself. The split is decided by a sha256's leading bits, so the smallest of 13 members is almost
-    always below train's 0.8 (1 - 0.2**13): clusters would all land in train. A second hash is independent
-    of those bits, so clusters split in the configured proportions."""
-    return min(shas, key=lambda s: hashlib.sha256(s.encode()).digest())
-
-
-def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tuple[dict, dict]:
-    """Union-find over near-duplicate pairs. Returns ({sha256 of a new row: (cluster id, split)}, report).
-
-    A cluster that already has rows in the table keeps their (most common) split, since ingested rows
-    never move; otherwise it takes the split of one member chosen by :func:`_representative`. With
-    ``same_split`` false, rows keep their own split and crossing clusters are only reported.
-    """
+def components(pairs) -> dict:
+    """Union-find over hash pairs: {hash: the smallest hash of its component} for every hash in a pair."""
     parent: dict = {}
 
     def find(x):
@@ -74,52 +66,93 @@ def assign_clusters(pairs: Sequence, new_splits: dict, same_split: bool) -> tupl
             x = parent[x]
         return x
 
-    existing_split, paths = {}, {}
-    for p in pairs:
-        parent[find(p["a"])] = find(p["b"])
-        paths[p["a"]], paths[p["b"]] = p["a_path"], p["b_path"]
-        if p["b_existing"]:
-            existing_split[p["b"]] = p["b_split"]
-    members: dict = {}
-    for sha in list(parent):
-        members.setdefault(find(sha), []).append(sha)
-    assignment, crossing = {}, []
-    for shas in members.values():
-        shas.sort()
-        cluster = shas[0]
-        old = Counter(existing_split[s] for s in shas if s in existing_split)
-        target = (sorted(old.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if old
-                  else new_splits[_representative([s for s in shas if s in new_splits])])
-        splits = set(old)
-        for sha in shas:
-            if sha in new_splits:
-                split = target if same_split else new_splits[sha]
-                assignment[sha] = (cluster, split)
-                splits.add(split)
-        if len(splits) > 1:
-            crossing.append({"cluster": cluster, "splits": sorted(splits), "paths": sorted(paths[s] for s in shas)[:EXAMPLES]})
-    report = {"clusters": len(members), "crossing_splits": len(crossing), "crossing_examples": crossing[:EXAMPLES]}
-    return assignment, report
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in list(parent)}
 
 
-def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: DataFrame,
-             live: DataFrame) -> tuple[Optional[DataFrame], dict]:
-    """(sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates among
-    themselves or the ``live`` rows (None when none have), and the report: pairs, clusters, crossing splits."""
-    nd = settings
-    new = accepted.filter(F.col("phash").isNotNull())
-    others = (
-        live.filter(F.col("phash").isNotNull()).select("sha256", "phash", "path", "split", F.lit(True).alias("existing"))
-        .unionByName(new.select("sha256", "phash", "path", "split", F.lit(False).alias("existing")))
+def _with_components(spark: SparkSession, members: DataFrame, roots: dict) -> DataFrame:
+    """``members`` with ``comp``: the component of its hash (the hash itself when it is in no pair)."""
+    if not roots:
+        return members.withColumn("comp", F.col("phash"))
+    root_map = F.broadcast(spark.createDataFrame(list(roots.items()), "phash long, root long"))
+    return (members.join(root_map, "phash", "left")
+            .withColumn("comp", F.coalesce(F.col("root"), F.col("phash"))).drop("root"))
+
+
+def _summary(members: DataFrame, same_split: bool) -> DataFrame:
+    """One row per cluster (a component with at least two images, one of them new): ``comp``, ``cluster``
+    (its smallest sha256), ``target`` (the split its new images take), ``new`` (its new images), ``splits``
+    (those its images sit in once the new ones have theirs) and ``crossing`` (more than one).
+
+    A cluster that already has rows in the table keeps their (most common) split, since ingested rows never
+    move; otherwise it takes the split of the new member with the smallest sha256 of its sha256. The split is
+    decided by a sha256's leading bits, so the smallest of 13 members would almost always be train
+    (1 - 0.2**13): clusters would all land there. A second hash is independent of those bits, so clusters split
+    in the configured proportions. With ``same_split`` false, rows keep their own split and clusters that
+    cross splits are only reported."""
+    new = ~F.col("existing")
+    members = members.join(members.filter(new).select("comp").distinct(), "comp", "left_semi")
+    old_votes = (members.filter(F.col("existing")).groupBy("comp", "split").count()
+                 .groupBy("comp").agg(F.min(F.struct(-F.col("count"), F.col("split"))).getField("split").alias("old_split")))
+    clusters = (
+        members.groupBy("comp").agg(
+            F.count(F.lit(1)).alias("size"),
+            F.count(F.when(new, 1)).alias("new"),
+            F.min("sha256").alias("cluster"),
+            F.min(F.when(new, F.struct(F.sha2(F.col("sha256"), 256), F.col("split")))).getField("split").alias("new_split"),
+            F.collect_set(F.when(new, F.col("split"))).alias("new_splits"),
+            F.collect_set(F.when(F.col("existing"), F.col("split"))).alias("old_splits"))
+        .filter(F.col("size") >= 2)
+        .join(old_votes, "comp", "left")
+        .withColumn("target", F.coalesce("old_split", "new_split"))
     )
-    pairs = near_duplicate_pairs(new, others, nd.max_distance).collect()
-    if not pairs:
-        return None, {"pairs": 0, "clusters": 0, "crossing_splits": 0, "crossing_examples": []}
-    new_splits = {p["a"]: p["a_split"] for p in pairs}
-    new_splits.update((p["b"], p["b_split"]) for p in pairs if not p["b_existing"])
-    assignment, report = assign_clusters(pairs, new_splits, nd.same_split)
-    if report["crossing_splits"]:
-        log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", report["crossing_splits"], report["crossing_examples"][:1])
-    assigned = spark.createDataFrame([(sha, cluster, split) for sha, (cluster, split) in assignment.items()],
-                                     "sha256 string, near_dup_cluster string, cluster_split string")
-    return assigned, {"pairs": len(pairs), **report}
+    splits = F.array_union("old_splits", F.array("target") if same_split else F.col("new_splits"))
+    return clusters.select("comp", "cluster", "target", "new", F.array_sort(splits).alias("splits"),
+                           (F.size(splits) > 1).alias("crossing"))
+
+
+def _crossing_examples(members: DataFrame, summary: DataFrame) -> list:
+    """The first crossing clusters (by id) with their splits and first paths, for the run summary."""
+    shown = summary.filter("crossing").orderBy("cluster").limit(EXAMPLES).select("comp", "cluster", "splits")
+    first = Window.partitionBy("comp").orderBy("path")
+    rows = (members.join(F.broadcast(shown), "comp")
+            .withColumn("_n", F.row_number().over(first)).filter(F.col("_n") <= EXAMPLES)
+            .groupBy("cluster").agg(F.first("splits").alias("splits"), F.array_sort(F.collect_list("path")).alias("paths"))
+            .orderBy("cluster").collect())
+    return [{"cluster": r["cluster"], "splits": list(r["splits"]), "paths": list(r["paths"])} for r in rows]
+
+
+@contextlib.contextmanager
+def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: DataFrame,
+             live: DataFrame) -> Iterator[tuple[Optional[DataFrame], dict]]:
+    """Yields (sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates among
+    themselves or the ``live`` rows (None when none have), and the report: clusters, the new images in them,
+    hash pairs, clusters crossing splits. The frame is valid inside the ``with`` block, which caches the
+    cluster table it is joined to."""
+    columns = ["sha256", "phash", "path", "split"]
+    new = accepted.filter(F.col("phash").isNotNull()).select(*columns)
+    members = (live.filter(F.col("phash").isNotNull()).select(*columns, F.lit(True).alias("existing"))
+               .unionByName(new.withColumn("existing", F.lit(False))))
+    # The hash pairs are all that is collected: they grow with the near-but-not-identical hashes, not with
+    # the images (identical hashes, the common case of copies and re-encodes, are one node).
+    pairs = [(r["a"], r["b"]) for r in hash_pairs(new, members, settings.max_distance).collect()]
+    members = _with_components(spark, members, components(pairs))
+    summary = _summary(members, settings.same_split).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        found, crossing, images = summary.agg(F.count(F.lit(1)), F.count(F.when(F.col("crossing"), 1)), F.sum("new")).head()
+        if not found:
+            yield None, {**NO_CLUSTERS, "hash_pairs": len(pairs)}
+            return
+        examples = _crossing_examples(members, summary) if crossing else []
+        if crossing:
+            log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", crossing, examples[:1])
+        split = F.col("target") if settings.same_split else F.col("split")
+        assigned = (members.filter(~F.col("existing")).join(summary, "comp")
+                    .select("sha256", F.col("cluster").alias("near_dup_cluster"), split.alias("cluster_split")))
+        yield assigned, {"clusters": found, "images": images, "hash_pairs": len(pairs),
+                         "crossing_splits": crossing, "crossing_examples": examples}
+    finally:
+        summary.unpersist()
