@@ -26,9 +26,9 @@ from pyspark.sql.types import BinaryType
 from imgshards import imaging
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest
-from imgshards.preprocess import SCAN_TASKS_PER_CORE, process_column, run_preprocess
+from imgshards.preprocess import process_column, run_preprocess
 from imgshards.sample import replicate_dataset
-from imgshards.tables import temporary_conf
+from imgshards.tables import spread_scans
 from imgshards.session import PROJECT_ROOT, build_session
 
 from bench_memory import TreePeak  # scripts/ is on sys.path when a script runs
@@ -95,8 +95,7 @@ def job_rate(spark, config, raw: str, backend: str, work: str, runs: int = 2) ->
 def transform_rate(spark, config, raw: str, work: str) -> float:
     """The preprocess pandas UDF alone (pil), into a no-op sink: the job without its Delta bookkeeping."""
     images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
-    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
-    with temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks):
+    with spread_scans(spark):
         start = time.perf_counter()
         images.select(process_column(F.col("content"), F.lit(None).cast("long"), config.preprocess,
                                      config.ingest.max_pixels).alias("r")).write.format("noop").mode("overwrite").save()

@@ -34,7 +34,6 @@ from imgshards.transform import RESULT_COLUMNS, fetch_sources, place, process_se
 log = logging.getLogger(__name__)
 
 PREPROCESS_STAGE = "preprocess"
-SCAN_TASKS_PER_CORE = 4
 BATCH_BYTES = 64 * 1024 * 1024  # encoded bytes of one Arrow batch, at most
 BATCH_PIXELS = 128_000_000  # decoded pixels of one batch, at most (x3 bytes in RGB)
 
@@ -183,9 +182,7 @@ def _preprocess_version(spark: SparkSession, config: PipelineConfig, run_id: str
     live, *largest = images.agg(F.count(F.lit(1)), F.max("size_bytes"),
                                 F.max(F.col("width").cast("long") * F.col("height"))).head()
     records = str(batch_records(*largest))
-    # Several tasks per core: images differ in cost, and one task left alone at the end idles the others.
-    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
-    with tables.temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks), \
+    with tables.spread_scans(spark), \
             tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
             tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records), \
             progress.stage("preprocess", images=live):

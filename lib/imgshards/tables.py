@@ -136,6 +136,19 @@ def temporary_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
             spark.conf.set(key, previous)
 
 
+# File scan tasks per core of the stages that run Python over table rows: images differ in cost, and one task
+# left alone at the end idles the other cores. Spark's own floor is one task per core, and a table's files
+# of up to 128 MB each are packed together below that.
+SCAN_TASKS_PER_CORE = 4
+
+
+def spread_scans(spark: SparkSession):
+    """File scans planned inside the block split into at least SCAN_TASKS_PER_CORE tasks per core (as far as
+    the files' row groups allow)."""
+    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    return temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks)
+
+
 def commit_metadata(spark: SparkSession, metadata: dict):
     """Attach ``metadata`` (JSON) as Delta commit user metadata to every commit made inside the block."""
     return temporary_conf(spark, _USER_METADATA_CONF, json.dumps(metadata, sort_keys=True, default=str))
