@@ -137,7 +137,7 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
     members = (live.filter(F.col("phash").isNotNull()).select(*columns, F.lit(True).alias("existing"))
                .unionByName(new.withColumn("existing", F.lit(False))))
     # The hash pairs are all that is collected: they grow with the near-but-not-identical hashes, not with
-    # the images (identical hashes, the common case of copies and re-encodes, are one node).
+    # the images (identical hashes, as pixel-identical copies have, are one node).
     pairs = [(r["a"], r["b"]) for r in hash_pairs(new, members, settings.max_distance).collect()]
     members = _with_components(spark, members, components(pairs))
     summary = _summary(members, settings.same_split).persist(StorageLevel.MEMORY_AND_DISK)
