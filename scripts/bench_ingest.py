@@ -80,7 +80,7 @@ def _main(argv=None) -> int:
     n = replicate_dataset(args.source, raw, args.files)
     paths = [os.path.join(d, f) for d, _, fs in os.walk(raw) for f in fs]
     megabytes = read_and_hash(paths) / 1e6  # also warms the page cache, so every row reads from memory
-    rows = []
+    rows, clustered = [], {}
     for processes in (1, 2):
         seconds = raw_rate(paths, processes)
         rows.append((f"raw read + sha256, {processes} process(es)", seconds))
@@ -108,6 +108,7 @@ def _main(argv=None) -> int:
             seconds = time.perf_counter() - start
             assert counts.ingested == len(paths), counts
             rows.append((f"{label}, {args.master}", seconds))
+            clustered = counts.near_duplicates or clustered
     finally:
         spark.stop()
     reference = rows[1][1]
@@ -117,6 +118,9 @@ def _main(argv=None) -> int:
     for label, seconds in rows:
         print(f"| {label} | {seconds:.1f} | {n / seconds:.0f} | {megabytes / seconds:.1f} | {reference / seconds:.0%} "
               f"| {loop / seconds:.2f} |")
+    if clustered:  # how the clustering's work grows: with the distinct hashes close to each other, not the files
+        print(f"\nnear-duplicates: {clustered['clusters']} clusters holding {clustered['images']} images, "
+              f"{clustered['hash_pairs']} pairs of distinct hashes")
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
