@@ -181,6 +181,18 @@ def test_raw_output_is_the_uint8_array():
     assert (array == imaging.decode_rgb(png)).all()  # lossless either way: the same pixels
 
 
+@pytest.mark.parametrize("output_format", ["jpeg", "png", "raw"])
+def test_channel_histogram_counts_each_channels_values(output_format):
+    rng = np.random.default_rng(5)
+    data = encode(Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)), "PNG")
+    processed, _, _ = imaging.process(data, size=32, output_format=output_format)
+    array = imaging.decode_rgb(processed)
+    expected = np.stack([np.bincount(array[..., c].ravel(), minlength=256) for c in range(3)])
+    histogram = imaging.channel_histogram(processed)
+    assert histogram.shape == (3, 256) and histogram.dtype == np.int64
+    assert (histogram == expected).all() and histogram.sum() == 3 * 32 * 32
+
+
 def test_jpeg_quality_setting_changes_size():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     data = encode(img, "PNG")
