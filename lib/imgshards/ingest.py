@@ -476,8 +476,7 @@ def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: Dat
     found = (near_duplicates.clusters(spark, nd, accepted, table.filter(F.col("deleted_at").isNull())) if nd.enabled
              else contextlib.nullcontext((None, {})))
     with found as (clusters, report):
-        if nd.enabled:
-            counts.near_duplicates = report
+        counts.near_duplicates = report  # {} with hashing off, as the counts start
         if clusters is not None:
             accepted = (accepted.join(clusters, "sha256", "left")
                         .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))

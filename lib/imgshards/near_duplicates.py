@@ -146,8 +146,9 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
         if not found:
             yield None, {**NO_CLUSTERS, "hash_pairs": len(pairs)}
             return
-        examples = _crossing_examples(members, summary) if crossing else []
+        examples = []
         if crossing:
+            examples = _crossing_examples(members, summary)
             log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", crossing, examples[:1])
         split = F.col("target") if settings.same_split else F.col("split")
         assigned = (members.filter(~F.col("existing")).join(summary, "comp")
