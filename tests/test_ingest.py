@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import zlib
 
 import numpy as np
 import pytest
@@ -441,11 +442,44 @@ def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
             photos.append((buffer.getvalue(), phash))
     contents = [b"not an image"] + [content for content, _ in photos]
     batch = pd.DataFrame({"path": [f"file:/in/{i}.png" for i in range(4)], "length": [len(c) for c in contents],
-                          "sha256": [hashlib.sha256(c).hexdigest() for c in contents], "content": contents})
+                          "content": contents})
     [probed] = list(_probe_batches(iter([batch]), base="file:/in", max_pixels=10**8, labels=LabelsConfig(),
-                                   group_regex=None, phash=True))
+                                   group_regex=None, phash=True, crc32=True))
     assert probed["reason"].iloc[0] == "not_an_image" and pd.isna(probed["phash"].iloc[0])
     assert [int(v) for v in probed["phash"].iloc[1:]] == [phash for _, phash in photos]
+    assert list(probed["sha256"]) == [hashlib.sha256(c).hexdigest() for c in contents]
+    assert [int(v) for v in probed["crc32"]] == [zlib.crc32(c) for c in contents]
+
+
+def test_copy_mode_never_stores_bytes_other_than_those_hashed(spark, tmp_path, monkeypatch):
+    """In copy mode the bytes are read a second time to be written; a file rewritten between the probe and
+    that read (caught by the CRC32 of the bytes the probe hashed) is not written under the old sha256: the
+    run fails and says so, every stored row's bytes hash to its sha256, and the next run ingests the file."""
+    from imgshards import ingest
+
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path)
+    for i in range(3):
+        write_jpeg(raw / "cat" / f"{i}.jpg", photo(40 + i))
+    write_rows = ingest._write_rows
+
+    def rewrite_then_write(*args, **kwargs):
+        write_jpeg(raw / "cat" / "1.jpg", photo(50))  # after the probe, before the bytes are read again
+        return write_rows(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_write_rows", rewrite_then_write)
+    with pytest.raises(RuntimeError, match="files changed while ingest was reading them"):
+        run_ingest(spark, config, str(raw), "r1")
+    monkeypatch.setattr(ingest, "_write_rows", write_rows)
+    stored = table(spark, config, "images").collect()
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in stored) == ["0.jpg", "2.jpg"]
+    assert all(hashlib.sha256(r["content"]).hexdigest() == r["sha256"] for r in stored)
+
+    again = run_ingest(spark, config, str(raw), "r2")
+    assert (again.ingested, again.unchanged) == (1, 2)
+    [row] = table(spark, config, "images").filter("path LIKE '%/1.jpg'").collect()
+    assert row["sha256"] == hashlib.sha256((raw / "cat" / "1.jpg").read_bytes()).hexdigest()
+    assert hashlib.sha256(row["content"]).hexdigest() == row["sha256"]
 
 
 def test_reference_content_reads_sources_by_path_and_quarantines_changed_ones(spark, tmp_path):
