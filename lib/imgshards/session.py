@@ -58,12 +58,13 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
         .config("spark.driver.memory", "4g")
         # As conf/spark/local.conf: Delta's 50 state-reconstruction tasks per snapshot are for clusters.
         .config("spark.databricks.delta.snapshotPartitions", "2")
-        # As conf/spark/local.conf: the parallel collector and no generated code (the test suite's
-        # tests/test_ingest.py took 192-202 s with them, 251-293 s without). The JIT keeps both tiers here:
-        # a session that lives through the whole suite pays C2's warm-up once and gains from it.
+        # As conf/spark/local.conf: the parallel collector, no generated code, no Delta file statistics (the
+        # suite's tests/test_ingest.py took 192-202 s with the first two, 251-293 s without). The JIT keeps
+        # both tiers here: a session that lives through the whole suite pays C2's warm-up once and gains.
         .config("spark.driver.extraJavaOptions", "-XX:+UseParallelGC")
         .config("spark.sql.codegen.wholeStage", "false")
         .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+        .config("spark.databricks.delta.stats.collect", "false")
     )
     for key, value in {**spark_defaults(), **(conf or {})}.items():
         builder = builder.config(key, value)
