@@ -9,10 +9,11 @@ Turn the event log on for a run, then point this at the log file (or its folder:
     .venv/bin/python scripts/profile_run.py /tmp/events [--top 15]
 
 Jobs are grouped by the ``imgshards.stage`` property the jobs set on the Spark jobs they start (ingest,
-preprocess, export, report; ``start`` is the background job that starts the Python workers once a stage
-has work, see imgshards.workers); a stage's wall time runs from the end of the previous stage's last Spark job
+preprocess, export, report). A stage's wall time runs from the end of the previous stage's last Spark job
 (or the application's start) to the end of its own last one, so the driver work before a stage's first job
-counts to that stage.
+counts to that stage. Jobs the driver runs beside a stage (imgshards.background: ``start``, the Python
+workers' start; ingest opening its tables; the pipeline's report gathering its table sections during
+export) are listed apart, each group with its span, and take no part in the stages' wall times.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 
 STAGE_PROPERTY = "imgshards.stage"
+BACKGROUND_GROUP = "imgshards-background"  # imgshards.progress.BACKGROUND_GROUP (no import: runs without Spark)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Job:
     input_bytes: int = 0
     shuffle_bytes: int = 0
     ok: bool = True
+    background: bool = False
 
     @property
     def seconds(self) -> float:
@@ -82,7 +85,8 @@ def read_run(path: str) -> Run:
         elif kind == "SparkListenerJobStart":
             properties = event.get("Properties") or {}
             job = Job(event["Job ID"], properties.get(STAGE_PROPERTY) or "(no stage)",
-                      properties.get("callSite.short") or "", event["Submission Time"])
+                      properties.get("callSite.short") or "", event["Submission Time"],
+                      background=properties.get("spark.jobGroup.id") == BACKGROUND_GROUP)
             for stage_id in event.get("Stage IDs") or []:
                 stage_jobs[stage_id] = job.job_id
             run.jobs[job.job_id] = job
@@ -119,23 +123,31 @@ def _union_ms(intervals: list) -> int:
     return total
 
 
-def stages(run: Run) -> list:
-    """[(stage, wall s, jobs, union of job time s, driver-only s, tasks, task s, input MB, shuffle MB)],
-    consecutive runs of jobs of one stage in submission order (a stage that comes back is listed again)."""
+def _row(name: str, jobs: list, wall_ms: int) -> tuple:
+    busy = _union_ms([(j.submitted, j.completed) for j in jobs])
+    return (name, wall_ms / 1000, len(jobs), busy / 1000, max(wall_ms - busy, 0) / 1000, sum(j.tasks for j in jobs),
+            sum(j.task_ms for j in jobs) / 1000, sum(j.input_bytes for j in jobs) / 1e6,
+            sum(j.shuffle_bytes for j in jobs) / 1e6)
+
+
+def _groups(jobs) -> list:
+    """Consecutive runs of jobs of one stage, in submission order: [(stage, [jobs])]."""
     groups = []
-    for job in sorted(run.jobs.values(), key=lambda j: j.submitted):
+    for job in sorted(jobs, key=lambda j: j.submitted):
         if groups and groups[-1][0] == job.stage:
             groups[-1][1].append(job)
         else:
             groups.append((job.stage, [job]))
+    return groups
+
+
+def stages(run: Run) -> list:
+    """[(stage, wall s, jobs, union of job time s, driver-only s, tasks, task s, input MB, shuffle MB)] of the
+    stages' own jobs (a stage that comes back is listed again); their wall times add up to the run's."""
     rows, previous_end = [], run.started
-    for name, jobs in groups:
+    for name, jobs in _groups(j for j in run.jobs.values() if not j.background):
         end = max(j.completed for j in jobs)
-        busy = _union_ms([(j.submitted, j.completed) for j in jobs])
-        wall = max(end - previous_end, 0)
-        rows.append((name, wall / 1000, len(jobs), busy / 1000, max(wall - busy, 0) / 1000, sum(j.tasks for j in jobs),
-                     sum(j.task_ms for j in jobs) / 1000, sum(j.input_bytes for j in jobs) / 1e6,
-                     sum(j.shuffle_bytes for j in jobs) / 1e6))
+        rows.append(_row(name, jobs, max(end - previous_end, 0)))
         previous_end = max(previous_end, end)
     if run.ended > previous_end:
         rows.append(("(after the last job)", (run.ended - previous_end) / 1000, 0, 0.0,
@@ -143,14 +155,25 @@ def stages(run: Run) -> list:
     return rows
 
 
+def background(run: Run) -> list:
+    """The same columns for the jobs run beside the stages, one row per consecutive group, its wall time
+    the span from its first job's submission to its last job's end."""
+    return [_row(name, jobs, max(j.completed for j in jobs) - min(j.submitted for j in jobs))
+            for name, jobs in _groups(j for j in run.jobs.values() if j.background)]
+
+
 def report(run: Run, top: int) -> str:
     lines = [f"{run.app}: {(run.ended - run.started) / 1000:.1f} s from application start to end, "
              f"{len(run.jobs)} Spark jobs", "",
              "| stage | wall s | Spark jobs | in jobs s | driver only s | tasks | task s | input MB | shuffle MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, wall, jobs, busy, driver, tasks, task_s, input_mb, shuffle_mb in stages(run):
+    beside = [(f"{row[0]} (beside)",) + row[1:] for row in background(run)]
+    for name, wall, jobs, busy, driver, tasks, task_s, input_mb, shuffle_mb in stages(run) + beside:
         lines.append(f"| {name} | {wall:.1f} | {jobs} | {busy:.1f} | {driver:.1f} | {tasks} | {task_s:.1f} "
                      f"| {input_mb:.1f} | {shuffle_mb:.1f} |")
+    if beside:
+        lines += ["", "Rows marked (beside): Spark jobs the driver ran in the background, beside the stages above; "
+                  "their wall time is their span and is not part of the total."]
     lines += ["", f"The {top} slowest Spark jobs:", "",
               "| job | stage | s | tasks | task s | input MB | started by |", "| ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for job in sorted(run.jobs.values(), key=lambda j: -j.seconds)[:top]:
@@ -170,7 +193,8 @@ def main(argv=None) -> int:
     if args.json:
         columns = ("stage", "wall_s", "jobs", "in_jobs_s", "driver_only_s", "tasks", "task_s", "input_mb", "shuffle_mb")
         print(json.dumps({"app": run.app, "wall_s": (run.ended - run.started) / 1000, "jobs": len(run.jobs),
-                          "stages": [dict(zip(columns, row)) for row in stages(run)]}, indent=2))
+                          "stages": [dict(zip(columns, row)) for row in stages(run)],
+                          "background": [dict(zip(columns, row)) for row in background(run)]}, indent=2))
     else:
         print(report(run, args.top))
     return 0

@@ -20,7 +20,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT, free_port, server_process
-from imgshards import metrics, progress, workers
+from imgshards import background, metrics, progress, workers
 from imgshards.jobs import history as history_job
 from imgshards.jobs import ingest as ingest_job
 from imgshards.jobs import pipeline as pipeline_job
@@ -177,13 +177,34 @@ def test_progress_leaves_out_the_background_start_of_python_workers(spark):
     lines = set()
     for _ in range(5):  # the status tracker is updated asynchronously: a race shows in some attempts
         with progress.track(spark, 3600, "pipeline") as reporter:
-            thread = workers.start(spark)
-            while thread.is_alive():
+            started = workers.start(spark)
+            while started.running():
                 lines.add(reporter.line())
             lines.add(reporter.line())
     tracker = spark.sparkContext.statusTracker()
     assert tracker.getJobIdsForGroup(progress.BACKGROUND_GROUP), "the warm-up ran as a background job"
     assert lines == {""}, lines
+
+
+def test_background_work_names_its_jobs_and_hands_back_its_result_or_error(spark):
+    sc = spark.sparkContext
+    sc.setLocalProperty("imgshards.test.marker", "from the caller")
+
+    def count_with_properties(n):
+        return (spark.range(n).count(), sc.getLocalProperty(progress.STAGE_PROPERTY),
+                sc.getLocalProperty("imgshards.test.marker"))
+
+    try:
+        done = background.Background("report", count_with_properties, 7)
+        assert done.result() == (7, "report", "from the caller")  # the caller's properties, then its own stage
+        assert not done.running()
+        assert sc.getLocalProperty(progress.STAGE_PROPERTY) != "report"  # the caller's thread keeps its own
+        failed = background.Background("report", spark.sql, "SELECT * FROM no_such_table_here")
+        failed.wait()  # waits without raising: the error is for result()
+        with pytest.raises(Exception, match="no_such_table_here"):
+            failed.result()
+    finally:
+        sc.setLocalProperty("imgshards.test.marker", None)
 
 
 def test_short_run_is_quiet_and_an_unreachable_gateway_costs_one_warning(spark, tmp_path):

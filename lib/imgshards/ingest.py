@@ -22,12 +22,12 @@ from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import urlparse
 
 import pandas as pd
-from pyspark import InheritableThread, StorageLevel
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import imaging, ingest_state, near_duplicates, progress, storage, tables, workers
+from imgshards import background, imaging, ingest_state, near_duplicates, progress, storage, tables, workers
 from imgshards.config import LabelsConfig, PipelineConfig, join_path
 from imgshards.filesystems import open_source
 from imgshards.rules import (
@@ -314,9 +314,9 @@ def ingest_batch(
         # While the executors probe, the driver opens (or creates) the three tables ingest writes: a JVM's
         # first Delta operation loads Delta's classes and log machinery, about 2 s, and each creation is a
         # commit of its own (0.4-1 s), all of which would otherwise follow the pass.
-        opening = _in_background(_ensure_tables, spark, config)
+        opening = background.Background(INGEST_STAGE, _ensure_tables, spark, config)
         outcomes = _outcomes(probed, oversized).collect()
-        opening.join()
+        opening.wait()  # an error is _write's to raise: it opens the tables again
         for row in outcomes:
             read += row["count"]
             counts.read_bytes += row["read_bytes"] or 0
@@ -352,20 +352,6 @@ _INGEST_TABLES = ((IMAGES_TABLE, IMAGES_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_S
 def _ensure_tables(spark: SparkSession, config: PipelineConfig) -> None:
     for name, schema in _INGEST_TABLES:
         tables.ensure_table(spark, config.table_path(name), schema)
-
-
-def _in_background(call, *args) -> InheritableThread:
-    """Run ``call(*args)`` in a thread that inherits the Spark job properties (the stage); an error is left
-    for the caller's own later call to raise."""
-    def run() -> None:
-        try:
-            call(*args)
-        except Exception as e:  # noqa: BLE001 - _write opens the table again and raises what it finds
-            log.debug("background %s failed: %s", getattr(call, "__name__", call), e)
-
-    thread = InheritableThread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def _outcomes(probed: DataFrame, oversized: DataFrame) -> DataFrame:

@@ -10,11 +10,13 @@ import time
 from pyspark.sql import SparkSession
 
 from imgshards import progress
+from imgshards.background import Background
 from imgshards.config import PipelineConfig, join_path
 from imgshards.export import published_as_is, run_export
 from imgshards.ingest import run_ingest
 from imgshards.preprocess import run_preprocess
 from imgshards.report import write_report
+from imgshards.report.collect import from_tables
 from imgshards.sample import make_sample_dataset
 
 log = logging.getLogger(__name__)
@@ -49,15 +51,23 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
         ingest = run_ingest(spark, config, input_root, run_id)
     with _timed(seconds, "preprocess"):
         preprocess = run_preprocess(spark, config, run_id)
-    with _timed(seconds, "export"):
-        # Nothing ingested, updated or marked deleted, nothing made: the published export, if it came from
-        # this version with these settings, is what a new one would hold; it stays published.
-        unchanged = not (ingest.ingested or ingest.updated or ingest.marked_deleted or preprocess.processed)
-        export = published_as_is(spark, config, preprocess.source_version) if unchanged else None
-        if export is None:
-            export = run_export(spark, config, run_id, preprocess.source_version)
-        else:
-            log.info("nothing changed since %s was published: kept it", export.version_dir)
+    # Export writes no table, so the report's sections from the tables are gathered beside it: on two cores
+    # each fills the other's driver-only gaps (planning, Delta's log work).
+    report_tables = Background("report", from_tables, spark, config) if config.report.enabled else None
+    try:
+        with _timed(seconds, "export"):
+            # Nothing ingested, updated or marked deleted, nothing made: the published export, if it came from
+            # this version with these settings, is what a new one would hold; it stays published.
+            unchanged = not (ingest.ingested or ingest.updated or ingest.marked_deleted or preprocess.processed)
+            export = published_as_is(spark, config, preprocess.source_version) if unchanged else None
+            if export is None:
+                export = run_export(spark, config, run_id, preprocess.source_version)
+            else:
+                log.info("nothing changed since %s was published: kept it", export.version_dir)
+    except BaseException:
+        if report_tables is not None:
+            report_tables.wait()  # no report job left running in a session that outlives this run
+        raise
     summary = {
         "input": input_root,
         "tables": {name: join_path(config.warehouse, name) for name in ("images", "quarantine", "duplicates", "processed")},
@@ -68,9 +78,10 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
         "export": {k: v for k, v in dataclasses.asdict(export).items() if k != "counts"},
         "seconds": seconds,
     }
-    if config.report.enabled:
-        with _timed(seconds, "report"):
-            summary["report"] = write_report(spark, config, run_id, runs={"pipeline": {"run_id": run_id, **summary}})
+    if report_tables is not None:
+        with _timed(seconds, "report"):  # what is left of it once export is done
+            summary["report"] = write_report(spark, config, run_id, runs={"pipeline": {"run_id": run_id, **summary}},
+                                             found=report_tables.result())
     return summary
 
 

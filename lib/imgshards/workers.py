@@ -9,12 +9,8 @@ the driver (the quick start's re-run: 11 s with it, 8-9 s without).
 from __future__ import annotations
 
 import importlib
-import logging
-import threading
 
-from imgshards import progress
-
-log = logging.getLogger(__name__)
+from imgshards.background import Background
 
 _started: set = set()  # application ids whose workers were started
 
@@ -27,26 +23,18 @@ def _import_worker_modules(batches):
     yield from batches
 
 
-def start(spark) -> threading.Thread:
+def _start_workers(spark) -> None:
+    parallelism = spark.sparkContext.defaultParallelism
+    # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
+    spark.range(0, parallelism, numPartitions=parallelism).mapInPandas(_import_worker_modules, "id long").collect()
+
+
+def start(spark) -> Background:
     """Start the Python workers and their imports, one task per core, in a background job (stage
     ``start``, job group progress.BACKGROUND_GROUP: no stage's progress). Workers are reused
     (spark.python.worker.reuse), so the first pandas UDF finds them ready instead of waiting 1-1.5 s for
     each to start and import; a failure here is left for the job's own first task to report."""
-    sc = spark.sparkContext
-
-    def run() -> None:
-        sc.setLocalProperty(progress.STAGE_PROPERTY, "start")  # this thread's jobs (scripts/profile_run.py)
-        sc.setJobGroup(progress.BACKGROUND_GROUP, "start Python workers")
-        try:
-            # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
-            spark.range(0, sc.defaultParallelism, numPartitions=sc.defaultParallelism).mapInPandas(
-                _import_worker_modules, "id long").collect()
-        except Exception as e:  # noqa: BLE001
-            log.debug("starting the Python workers early failed: %s", e)
-
-    thread = threading.Thread(target=run, name="start-python-workers", daemon=True)
-    thread.start()
-    return thread
+    return Background("start", _start_workers, spark)
 
 
 def start_once(spark) -> None:

@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 
 
-def write_report(spark: SparkSession, config: PipelineConfig, run_id: str, runs: Optional[dict] = None) -> str:
-    """Write ``<output>/report.html`` and return where it is. ``runs``: run summaries to describe."""
+def write_report(spark: SparkSession, config: PipelineConfig, run_id: str, runs: Optional[dict] = None,
+                 found: Optional[dict] = None) -> str:
+    """Write ``<output>/report.html`` and return where it is. ``runs``: run summaries to describe;
+    ``found``: the sections from the tables, when gathered already (:func:`collect.from_tables`)."""
     from imgshards.report.collect import gather
     from imgshards.report.render import render
 
-    html = render(gather(spark, config, runs), run_id)
+    html = render(gather(spark, config, runs, found), run_id)
     url = join_path(config.output, REPORT_FILE)
     storage.write_text(spark, url, html)
     log.info("report: %s (%d KB)", url, len(html) // 1024)

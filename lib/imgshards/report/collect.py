@@ -247,27 +247,33 @@ def history(spark: SparkSession, config: PipelineConfig) -> dict:
     return {name: tables.history(spark, config.table_path(name), limit=10) for name in TABLES}
 
 
-def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = None) -> dict:
-    """Everything the report shows. ``runs``: summaries of the runs to describe (job -> summary); the
-    newest summaries under ``<workdir>/runs`` fill in the jobs not given.
+def from_tables(spark: SparkSession, config: PipelineConfig) -> dict:
+    """The report's sections that come from the tables (fates, profile, near-duplicates, samples, history).
 
-    What comes from the tables is kept in the warehouse's state with the tables' versions (see
-    :mod:`imgshards.run_state`): a report over the same versions and settings reuses it without Spark."""
+    Kept in the warehouse's state with the tables' versions (see :mod:`imgshards.run_state`): a report over
+    the same versions and settings reuses it without Spark."""
+    if not run_state.usable(config):
+        return _from_tables(spark, config)
+    versions = run_state.table_versions(spark, config, TABLES)
+    settings = [__version__, config.fingerprint()]
+    state = run_state.load(spark, config, "report")
+    if state and state.get("settings") == settings and state.get("versions") == versions:
+        return state["data"]
+    found = _from_tables(spark, config)
+    if run_state.table_versions(spark, config, TABLES) == versions:  # no commit while it was read
+        run_state.save(spark, config, "report", {"settings": settings, "versions": versions, "data": found})
+    return found
+
+
+def gather(spark: SparkSession, config: PipelineConfig, runs: Optional[dict] = None,
+           found: Optional[dict] = None) -> dict:
+    """Everything the report shows. ``runs``: summaries of the runs to describe (job -> summary); the
+    newest summaries under ``<workdir>/runs`` fill in the jobs not given. ``found``: what
+    :func:`from_tables` returned, when the caller gathered it already (the pipeline does, during export)."""
     runs = {**_latest_summaries(config), **(runs or {})}
-    if run_state.usable(config):
-        versions = run_state.table_versions(spark, config, TABLES)
-        settings = [__version__, config.fingerprint()]
-        state = run_state.load(spark, config, "report")
-        if state and state.get("settings") == settings and state.get("versions") == versions:
-            found = state["data"]
-        else:
-            found = _from_tables(spark, config)
-            if run_state.table_versions(spark, config, TABLES) == versions:  # no commit while it was read
-                run_state.save(spark, config, "report", {"settings": settings, "versions": versions, "data": found})
-    else:
-        found = _from_tables(spark, config)
+    found = dict(found if found is not None else from_tables(spark, config))
     text = storage.read_text(spark, join_path(config.output, "manifest.json"))
-    found["fates"]["skipped"] = skipped(runs)
+    found["fates"] = {**found["fates"], "skipped": skipped(runs)}
     return {"runs": runs, "config": config.to_dict(), **found,
             "lineage": {"manifest": json.loads(text) if text else None, "history": found.pop("history")}}
 
