@@ -156,6 +156,22 @@ def test_shards_read_back_into_torch_match_independent_pixels(pipeline_run, data
     assert seen == manifest.per_class
 
 
+def test_normalization_statistics_are_those_of_the_train_split_pixels(pipeline_run, config):
+    """The manifest's channel mean and std (computed beside the split writes) against numpy over every
+    pixel of the exported train split, decoded independently from the shards' image bytes."""
+    import pyarrow.parquet as pq
+
+    with open(os.path.join(config.output, "manifest.json")) as f:
+        written = json.load(f)
+    train = pq.read_table(os.path.join(config.output, written["splits"]["train"]["path"]), columns=["image"])
+    pixels = np.concatenate([np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float64).reshape(-1, 3)
+                             for data in train.column("image").to_pylist()]) / 255.0
+    stats = written["normalization"]
+    assert stats["pixels"] == len(pixels) == written["splits"]["train"]["rows"] * SIZE * SIZE
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), atol=1e-9)
+
+
 def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
     root, manifest, _ = dataset
     again = run_ingest(spark, config, root, "run-2")

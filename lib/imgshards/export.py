@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 import imgshards
 from imgshards import imaging, storage, tables
+from imgshards.background import Background
 from imgshards.config import PipelineConfig, join_path
 from imgshards.filesystems import is_object_store
 from imgshards.preprocess import select_current
@@ -206,6 +207,7 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
     samples = select_current(processed, images, config, broadcast=live <= tables.BROADCAST_ROWS).select(
         "split", "image", "label", sample_id.alias("sample_id"), "sha256", "copy", "augment_seed",
     ).persist()
+    statistics = None
     try:
         counts: dict = {split: {} for split in SPLITS}
         augmented: dict = {split: 0 for split in SPLITS}
@@ -226,7 +228,9 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
             index_column = F.lit(UNLABELED_INDEX)
         labelled = samples.select(*(c for c in samples.columns if c != "label"), index_column.cast("int").alias("label"),
                                   F.coalesce(F.col("label"), F.lit("")).alias("label_name"))
-        stats = normalization_stats(samples.filter(F.col("split") == "train"))
+        # The channel statistics (a decode of every train sample) run beside the writes, which leave a core
+        # to spare while the driver plans and Petastorm reads back its metadata.
+        statistics = Background("export", normalization_stats, samples.filter(F.col("split") == "train"))
 
         export = config.export
         schema = export_unischema(config.preprocess.size, config.preprocess.output_format, export.codec)
@@ -251,7 +255,10 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
                 raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
                                    f"expected {splits[split]['rows']}")
             log.info("exported %s: %d rows in %d row groups", url, splits[split]["rows"], len(groups))
+        stats = statistics.result()
     finally:
+        if statistics is not None:  # done, or the writes failed: it finishes before its input goes
+            statistics.wait()
         samples.unpersist()
 
     manifest = {
