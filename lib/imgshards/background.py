@@ -1,8 +1,9 @@
-"""Driver work run beside the stage that follows it, in a thread whose Spark jobs carry their own stage name.
+"""Driver work run beside a stage, in a thread whose Spark jobs carry their own stage name.
 
 On two cores, a stage's driver-only time (planning, Delta's log work, py4j) leaves a core idle; work that
-needs nothing from the stage running meanwhile fills it (ingest opens its tables while the executors probe;
-the pipeline gathers the report's table sections while export writes the shards).
+needs nothing from the stage's own steps fills it: the Python workers' start while ingest lists its files,
+ingest opening its tables while the executors probe, export's channel statistics while it writes the
+splits, and the pipeline's report gathering its table sections while export runs.
 """
 from __future__ import annotations
 
