@@ -17,7 +17,7 @@ def main() -> int:
     spark = SparkSession.builder.appName("imgshards-class-data").getOrCreate()
     folder = tempfile.mkdtemp(prefix="imgshards-class-data-")
     try:
-        workers.start(spark).join()
+        workers.start(spark).wait()
         path = f"{folder}/quarantine"
         rows = spark.range(0, 100, numPartitions=2).select(
             F.format_string("file:/x/%d.jpg", "id").alias("path"), F.lit("ingest").alias("stage"),
