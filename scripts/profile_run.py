@@ -12,8 +12,8 @@ Jobs are grouped by the ``imgshards.stage`` property the jobs set on the Spark j
 preprocess, export, report). A stage's wall time runs from the end of the previous stage's last Spark job
 (or the application's start) to the end of its own last one, so the driver work before a stage's first job
 counts to that stage. Jobs the driver runs beside a stage (imgshards.background: ``start``, the Python
-workers' start; ingest opening its tables; the pipeline's report gathering its table sections during
-export) are listed apart, each group with its span, and take no part in the stages' wall times.
+workers' start; ingest opening its tables; export's channel statistics; the pipeline's report gathering
+its table sections during export) are listed apart, each group with its span, and take no part in the stages' wall times.
 """
 from __future__ import annotations
 
