@@ -13,7 +13,8 @@ preprocess, export, report). A stage's wall time runs from the end of the previo
 (or the application's start) to the end of its own last one, so the driver work before a stage's first job
 counts to that stage. Jobs the driver runs beside a stage (imgshards.background: ``start``, the Python
 workers' start; ingest opening its tables; export's channel statistics; the pipeline's report gathering
-its table sections during export) are listed apart, each group with its span, and take no part in the stages' wall times.
+its table sections during export) are listed apart, each group with its span, and take no part in the
+stages' wall times.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
-from imgshards import background, imaging, ingest_state, near_duplicates, progress, storage, tables, workers
+from imgshards import imaging, ingest_state, near_duplicates, progress, storage, tables, workers
+from imgshards.background import Background
 from imgshards.config import LabelsConfig, PipelineConfig, join_path
 from imgshards.filesystems import open_source
 from imgshards.rules import (
@@ -314,7 +315,7 @@ def ingest_batch(
         # While the executors probe, the driver opens (or creates) the three tables ingest writes: a JVM's
         # first Delta operation loads Delta's classes and log machinery, about 2 s, and each creation is a
         # commit of its own (0.4-1 s), all of which would otherwise follow the pass.
-        opening = background.Background(INGEST_STAGE, _ensure_tables, spark, config)
+        opening = Background(INGEST_STAGE, _ensure_tables, spark, config)
         outcomes = _outcomes(probed, oversized).collect()
         opening.wait()  # an error is _write's to raise: it opens the tables again
         for row in outcomes:
