@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import zlib
 
@@ -16,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_dataset
-from imgshards import imaging, ingest_state, near_duplicates, storage
+from imgshards import imaging, ingest_state, near_duplicates, storage, tables
 from imgshards.config import load_config
 from imgshards.ingest import run_ingest, run_ingest_stream
 from imgshards.near_duplicates import components
@@ -85,6 +87,15 @@ def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
     metadata = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
     assert {"r1", "r3"} <= {m["run_id"] for m in metadata}
     assert all(m["config_fingerprint"] == config.fingerprint("ingest") for m in metadata)
+    # tables.history reads the commit files themselves: what DESCRIBE HISTORY says, but for the timestamp,
+    # which is the commit's own there and the commit file's modification time in Delta's.
+    from_files = tables.history(spark, config.table_path("images"), 3)
+    described = tables._described_history(spark, config.table_path("images"), 3)
+    assert [h["version"] for h in from_files] == [len(history) - 1 - i for i in range(3)]
+    assert len(described) == 3
+    for mine, delta in zip(from_files, described):
+        mine_time, delta_time = (dt.datetime.fromisoformat(h.pop("timestamp")) for h in (mine, delta))
+        assert mine == delta and abs((mine_time - delta_time).total_seconds()) < 5
 
 
 def test_rerun_with_nothing_changed_reads_no_file_and_reports_what_reading_would(spark, tmp_path):
@@ -277,16 +288,23 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
 ND_COLUMNS = "sha256 string, phash long, path string, split string"
 
 
-def _cluster_rows(spark, rows, live=()):
+# Clustering on the driver (up to near_duplicates.DRIVER_MAX_IMAGES) and in Spark (beyond it): every case
+# below runs both ways.
+CLUSTERED_ON = {"driver": near_duplicates.DRIVER_MAX_IMAGES, "spark": 0}
+
+
+def _cluster_rows(spark, rows, live=(), *, on="driver", overrides=()):
     """near_duplicates.clusters over accepted ``rows`` and ``live`` rows: ({sha256: (cluster, split)}, report)."""
-    settings = load_config(overrides=[]).ingest.near_duplicates
+    settings = load_config(overrides=list(overrides)).ingest.near_duplicates
     with near_duplicates.clusters(spark, settings, spark.createDataFrame(rows, ND_COLUMNS),
-                                  spark.createDataFrame(list(live), ND_COLUMNS)) as (assigned, report):
+                                  spark.createDataFrame(list(live), ND_COLUMNS),
+                                  driver_max=CLUSTERED_ON[on]) as (assigned, report):
         found = {} if assigned is None else {r[0]: (r[1], r[2]) for r in assigned.collect()}
     return found, report
 
 
-def test_near_duplicate_clusters_split_in_the_configured_proportions(spark):
+@pytest.mark.parametrize("on", CLUSTERED_ON)
+def test_near_duplicate_clusters_split_in_the_configured_proportions(spark, on):
     """A new cluster takes the split of a member picked independently of the split rule: with the smallest
     sha256's split, clusters of 13 near-copies (the benchmark's replicated photos) all landed in train."""
     split = load_config(overrides=[]).ingest.split
@@ -297,7 +315,7 @@ def test_near_duplicate_clusters_split_in_the_configured_proportions(spark):
         for m in range(13):
             sha = hashlib.sha256(f"cluster {c} member {m}".encode()).hexdigest()
             rows.append((sha, phash, f"c{c}/m{m}.jpg", split_of(sha, split)))
-    assignment, report = _cluster_rows(spark, rows)
+    assignment, report = _cluster_rows(spark, rows, on=on)
     assert report["clusters"] == 400 and report["images"] == 5200 and report["crossing_splits"] == 0
     assert report["hash_pairs"] == 0  # identical hashes are one node: no pair among the 13 copies
     assert len(assignment) == 5200
@@ -309,7 +327,8 @@ def test_near_duplicate_clusters_split_in_the_configured_proportions(spark):
     assert 0.7 < shares["train"] < 0.9 and 0.05 < shares["val"] < 0.15 and 0.05 < shares["test"] < 0.15, shares
 
 
-def test_near_duplicate_clusters_chain_through_near_hashes_and_keep_the_tables_split(spark):
+@pytest.mark.parametrize("on", CLUSTERED_ON)
+def test_near_duplicate_clusters_chain_through_near_hashes_and_keep_the_tables_split(spark, on):
     """Hashes 2 bits apart chain into one cluster (a–b–c, a and c 4+2 bits apart); a cluster with rows in
     the table takes their most common split; a hash far from all others is no cluster; the cluster id is
     the smallest sha256 among its members, table rows included."""
@@ -317,11 +336,40 @@ def test_near_duplicate_clusters_chain_through_near_hashes_and_keep_the_tables_s
     live = [("0000", a, "old/a1.jpg", "val"), ("0001", a, "old/a2.jpg", "val"), ("0002", far, "old/far.jpg", "train")]
     rows = [("b0", b, "new/b0.jpg", "train"), ("b1", b, "new/b1.jpg", "test"), ("c0", c, "new/c0.jpg", "train"),
             ("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
-    assignment, report = _cluster_rows(spark, rows, live)
+    assignment, report = _cluster_rows(spark, rows, live, on=on)
     assert assignment == {"b0": ("0000", "val"), "b1": ("0000", "val"), "c0": ("0000", "val")}
     assert (report["clusters"], report["images"], report["crossing_splits"]) == (1, 3, 0)
     assert report["hash_pairs"] == 2  # a–b and b–c, each once however many images share a hash
     assert components([(5, 3), (3, 9), (7, 8)]) == {5: 3, 3: 3, 9: 3, 7: 7, 8: 7}
+
+
+@pytest.mark.parametrize("same_split", [True, False])
+def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, same_split):
+    """Random clusters of near hashes (some chained, some crossing splits, some with rows in the table, signed
+    hashes both sides of zero): the driver's clusters, splits and report are Spark's, and the driver's pairs
+    are every pair within the distance (all pairs compared)."""
+    from imgshards.near_duplicates import near_pairs
+
+    rng = random.Random(7)
+    splits = ("train", "val", "test")
+    live, rows = [], []
+    for c in range(60):
+        centre = rng.getrandbits(64)
+        for m in range(rng.randint(1, 5)):
+            phash = centre ^ sum(1 << rng.randrange(64) for _ in range(rng.randint(0, 3)))
+            phash = phash - 2**64 if phash >= 2**63 else phash  # as a signed long
+            row = (hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits))
+            (live if rng.random() < 0.3 else rows).append(row)
+    overrides = [f"ingest.near_duplicates.same_split={str(same_split).lower()}"]
+    on_driver = _cluster_rows(spark, rows, live, on="driver", overrides=overrides)
+    in_spark = _cluster_rows(spark, rows, live, on="spark", overrides=overrides)
+    assert on_driver == in_spark
+    assert on_driver[1]["clusters"] > 10 and on_driver[1]["hash_pairs"] > 10
+    assert on_driver[1]["crossing_splits"] > 0
+    hashes = {r[1] for r in live + rows}
+    new = {r[1] for r in rows}
+    every = {(min(a, b), max(a, b)) for a in new for b in hashes if a != b and imaging.hamming(a, b) <= 4}
+    assert near_pairs(new, hashes, 4) == every
 
 
 def test_near_duplicates_reported_when_not_moved(spark, tmp_path):

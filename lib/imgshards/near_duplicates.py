@@ -4,22 +4,35 @@ split so that a near-copy of a training image does not land in validation.
 Images with the same hash are one node, so a photo copied a thousand times costs one node, not half a
 million pairs. Nodes within a Hamming distance are found by a join on bit bands (no all-pairs comparison);
 only those hash pairs reach the driver, as two longs each, for a union-find. Everything per image (which
-cluster, which split, which clusters cross splits) is an aggregation in Spark."""
+cluster, which split, which clusters cross splits) is an aggregation in Spark.
+
+Up to DRIVER_MAX_IMAGES hashed images (the table's live rows and the new ones together) the same is done
+on the driver instead, from one bounded collect: on a small run the distributed way is some sixteen Spark
+jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters, splits and
+report (tests/test_ingest.py runs every case through both)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
-from typing import Iterator, Optional
+from collections import Counter, defaultdict
+from typing import Iterable, Iterator, Optional
 
+import pandas as pd
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from imgshards import tables
 from imgshards.config import NearDuplicatesConfig
+from imgshards.imaging import hamming
 from imgshards.rules import EXAMPLES
 
 log = logging.getLogger(__name__)
 
+# At most this many hashed images (live and new) are clustered on the driver: some 400 bytes each there
+# (80 MB at the bound); beyond it, in Spark.
+DRIVER_MAX_IMAGES = 200_000
 NO_CLUSTERS = {"clusters": 0, "images": 0, "hash_pairs": 0, "crossing_splits": 0, "crossing_examples": []}
 
 
@@ -126,16 +139,91 @@ def _crossing_examples(members: DataFrame, summary: DataFrame) -> list:
 
 
 @contextlib.contextmanager
-def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: DataFrame,
-             live: DataFrame) -> Iterator[tuple[Optional[DataFrame], dict]]:
+def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: DataFrame, live: DataFrame, *,
+             driver_max: int = DRIVER_MAX_IMAGES) -> Iterator[tuple[Optional[DataFrame], dict]]:
     """Yields (sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates among
     themselves or the ``live`` rows (None when none have), and the report: clusters, the new images in them,
     hash pairs, clusters crossing splits. The frame is valid inside the ``with`` block, which caches the
-    cluster table it is joined to."""
+    cluster table it is joined to. Up to ``driver_max`` hashed images are clustered on the driver."""
     columns = ["sha256", "phash", "path", "split"]
     new = accepted.filter(F.col("phash").isNotNull()).select(*columns)
     members = (live.filter(F.col("phash").isNotNull()).select(*columns, F.lit(True).alias("existing"))
                .unionByName(new.withColumn("existing", F.lit(False))))
+    rows = _bounded_collect(spark, members, driver_max)
+    if rows is not None:
+        yield _on_driver(spark, settings, rows)
+        return
+    with _in_spark(spark, settings, new, members) as found:
+        yield found
+
+
+def _bounded_collect(spark: SparkSession, frame: DataFrame, bound: int) -> Optional[list]:
+    """The rows of ``frame`` when it has at most ``bound``, else None: one Spark job that stops reading
+    after ``bound`` + 1 rows (Spark's take would scan one partition, then four times as many, and so on)."""
+    with tables.temporary_conf(spark, "spark.sql.limit.initialNumPartitions", "1000000"):
+        rows = frame.limit(bound + 1).collect()
+    return rows if len(rows) <= bound else None
+
+
+def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> set:
+    """:func:`hash_pairs` on the driver: {(smaller, larger)} of distinct hashes at most ``max_distance`` bits
+    apart, one from ``new``, by the same bit bands (signed 64-bit values, shifted as Spark shifts them)."""
+    new, known = set(new), set(known)
+    pairs = set()
+    for offset, width in _bands(max_distance):
+        mask = (1 << width) - 1
+        index = defaultdict(list)
+        for h in known:
+            index[(h >> offset) & mask].append(h)
+        for a in new:
+            for b in index.get((a >> offset) & mask, ()):
+                if a != b and hamming(a, b) <= max_distance:
+                    pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
+def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) -> tuple[Optional[DataFrame], dict]:
+    """What :func:`_in_spark` finds, from the collected members (sha256, phash, path, split, existing):
+    :func:`_summary`'s rules, one cluster at a time."""
+    pairs = near_pairs((r["phash"] for r in rows if not r["existing"]), (r["phash"] for r in rows), settings.max_distance)
+    roots = components(pairs)
+    by_comp = defaultdict(list)
+    for r in rows:
+        by_comp[roots.get(r["phash"], r["phash"])].append(r)
+    assigned, crossing, found = [], [], 0
+    for members in by_comp.values():
+        new = [r for r in members if not r["existing"]]
+        if not new or len(members) < 2:
+            continue
+        old_votes = Counter(r["split"] for r in members if r["existing"])
+        new_split = min((hashlib.sha256(r["sha256"].encode()).hexdigest(), r["split"]) for r in new)[1]
+        target = min((-n, split) for split, n in old_votes.items())[1] if old_votes else new_split
+        splits = set(old_votes) | ({target} if settings.same_split else {r["split"] for r in new})
+        cluster = min(r["sha256"] for r in members)
+        assigned += [(r["sha256"], cluster, target if settings.same_split else r["split"]) for r in new]
+        found += 1
+        if len(splits) > 1:
+            crossing.append({"cluster": cluster, "splits": sorted(splits),
+                             "paths": sorted(r["path"] for r in members)[:EXAMPLES]})
+    report = {**NO_CLUSTERS, "hash_pairs": len(pairs)}
+    if not found:
+        return None, report
+    crossing.sort(key=lambda c: c["cluster"])
+    if crossing:
+        log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", len(crossing), crossing[:1])
+    report.update(clusters=found, images=len(assigned), crossing_splits=len(crossing),
+                  crossing_examples=crossing[:EXAMPLES])
+    columns = pd.DataFrame(assigned, columns=["sha256", "near_dup_cluster", "cluster_split"])
+    with tables.temporary_conf(spark, "spark.sql.execution.arrow.pyspark.enabled", "true"):
+        frame = spark.createDataFrame(columns, "sha256 string, near_dup_cluster string, cluster_split string")
+    return (F.broadcast(frame) if len(assigned) <= tables.BROADCAST_ROWS else frame), report
+
+
+@contextlib.contextmanager
+def _in_spark(spark: SparkSession, settings: NearDuplicatesConfig, new: DataFrame,
+              members: DataFrame) -> Iterator[tuple[Optional[DataFrame], dict]]:
+    """The clusters of any number of images: hash pairs by a join on bit bands (only those collected),
+    every per-image decision an aggregation."""
     # The hash pairs are all that is collected: they grow with the near-but-not-identical hashes, not with
     # the images (identical hashes, as pixel-identical copies have, are one node).
     pairs = [(r["a"], r["b"]) for r in hash_pairs(new, members, settings.max_distance).collect()]
