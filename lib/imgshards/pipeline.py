@@ -44,6 +44,14 @@ def _timed(seconds: dict, stage: str):
     seconds[stage] = round(time.monotonic() - started, 3)
 
 
+def _report_sections(spark: SparkSession, config: PipelineConfig) -> dict:
+    """The report's sections from the tables, with the page's plotting library imported meanwhile (matplotlib,
+    about a second, which would otherwise come after export)."""
+    import imgshards.report.render  # noqa: F401
+
+    return from_tables(spark, config)
+
+
 def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict:
     input_root = config.input or ensure_sample_input(config)
     seconds: dict = {}
@@ -53,7 +61,7 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
         preprocess = run_preprocess(spark, config, run_id)
     # Export writes no table, so the report's sections from the tables are gathered beside it: on two cores
     # each fills the other's driver-only gaps (planning, Delta's log work).
-    report_tables = Background("report", from_tables, spark, config) if config.report.enabled else None
+    report_tables = Background("report", _report_sections, spark, config) if config.report.enabled else None
     try:
         with _timed(seconds, "export"):
             # Nothing ingested, updated or marked deleted, nothing made: the published export, if it came from

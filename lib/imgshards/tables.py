@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import random
@@ -95,9 +96,10 @@ def latest_version(spark: SparkSession, path: str) -> int:
     return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
 
 
-def log_version(spark: SparkSession, path: str) -> Optional[int]:
-    """The latest version of the Delta table at ``path`` from one listing of its ``_delta_log`` (no Spark
-    job, no log replay); None when there is no table."""
+def _commit_files(spark: SparkSession, path: str) -> Optional[tuple]:
+    """(pyarrow file system, {version: commit file}) of the table at ``path`` from one listing of its
+    ``_delta_log`` (no Spark job, no log replay; empty when there is no table); None where pyarrow does not
+    reach the storage (gs://, abfss://)."""
     import pyarrow.fs as pafs
 
     from imgshards import storage
@@ -105,10 +107,17 @@ def log_version(spark: SparkSession, path: str) -> Optional[int]:
     try:
         fs, root = storage.arrow_fs(spark, path.rstrip("/") + "/_delta_log")
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    except (OSError, ValueError):  # a scheme pyarrow does not reach (gs://, abfss://): the report says unknown
+    except (OSError, ValueError):
         return None
-    versions = [int(i.base_name[:-5]) for i in infos if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()]
-    return max(versions) if versions else None
+    return fs, {int(i.base_name[:-5]): i.path for i in infos
+                if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()}
+
+
+def log_version(spark: SparkSession, path: str) -> Optional[int]:
+    """The latest version of the Delta table at ``path`` from one listing of its ``_delta_log``; None when
+    there is no table, or where pyarrow does not reach the storage (the report then says unknown)."""
+    found = _commit_files(spark, path)
+    return max(found[1]) if found and found[1] else None
 
 
 def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
@@ -239,17 +248,41 @@ def upsert(
 
 def history(spark: SparkSession, path: str, limit: int = 20) -> list:
     """The latest ``limit`` versions of the table: version, timestamp, operation, and our commit metadata
-    (run id, job, config fingerprint, counts) parsed from the user metadata."""
+    (run id, job, config fingerprint, counts) parsed from the user metadata. Read from the newest commit files
+    themselves, as Delta's DESCRIBE HISTORY does, but without its Spark jobs and log replay (the report
+    asks this of four tables); where pyarrow does not reach the storage, from DESCRIBE HISTORY."""
+    found = _commit_files(spark, path)
+    if found is None:
+        return _described_history(spark, path, limit)
+    fs, files = found
+    out = []
+    for version in sorted(files, reverse=True)[:limit]:
+        try:
+            with fs.open_input_stream(files[version]) as f:
+                actions = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+        except FileNotFoundError:  # removed by the log's clean-up since the listing
+            continue
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        timestamp = dt.datetime.fromtimestamp(info["timestamp"] / 1000) if "timestamp" in info else None
+        out.append(_history_row(version, timestamp, info.get("operation"), info.get("userMetadata"),
+                                info.get("operationMetrics")))
+    return out
+
+
+def _described_history(spark: SparkSession, path: str, limit: int) -> list:
     if not DeltaTable.isDeltaTable(spark, path):
         return []
     rows = DeltaTable.forPath(spark, path).history(limit).select(
         "version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
-    out = []
-    for r in rows:
-        try:
-            metadata = json.loads(r["userMetadata"]) if r["userMetadata"] else {}
-        except ValueError:
-            metadata = {"userMetadata": r["userMetadata"]}
-        out.append({"version": r["version"], "timestamp": r["timestamp"].isoformat(), "operation": r["operation"],
-                    "metrics": dict(r["operationMetrics"] or {}), **metadata})
-    return out
+    return [_history_row(r["version"], r["timestamp"], r["operation"], r["userMetadata"], r["operationMetrics"])
+            for r in rows]
+
+
+def _history_row(version: int, timestamp: Optional[dt.datetime], operation: Optional[str],
+                 user_metadata: Optional[str], metrics: Optional[dict]) -> dict:
+    try:
+        metadata = json.loads(user_metadata) if user_metadata else {}
+    except ValueError:
+        metadata = {"userMetadata": user_metadata}
+    return {"version": version, "timestamp": timestamp.isoformat() if timestamp else None, "operation": operation,
+            "metrics": dict(metrics or {}), **metadata}
