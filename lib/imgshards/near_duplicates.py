@@ -25,14 +25,16 @@ from pyspark.sql import functions as F
 
 from imgshards import tables
 from imgshards.config import NearDuplicatesConfig
-from imgshards.imaging import hamming
 from imgshards.rules import EXAMPLES
 
 log = logging.getLogger(__name__)
 
 # At most this many hashed images (live and new) are clustered on the driver: some 400 bytes each there
-# (80 MB at the bound); beyond it, in Spark.
-DRIVER_MAX_IMAGES = 200_000
+# (20 MB at the bound), and the band join's comparisons grow with the square of the distinct hashes (about
+# 1.5 million at 50,000 random hashes, a second here); beyond it, in Spark, over every core.
+DRIVER_MAX_IMAGES = 50_000
+_BITS = (1 << 64) - 1
+_popcount = getattr(int, "bit_count", None) or (lambda x: bin(x).count("1"))  # int.bit_count: Python 3.10+
 NO_CLUSTERS = {"clusters": 0, "images": 0, "hash_pairs": 0, "crossing_splits": 0, "crossing_examples": []}
 
 
@@ -177,7 +179,7 @@ def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> s
             index[(h >> offset) & mask].append(h)
         for a in new:
             for b in index.get((a >> offset) & mask, ()):
-                if a != b and hamming(a, b) <= max_distance:
+                if a != b and _popcount((a ^ b) & _BITS) <= max_distance:
                     pairs.add((min(a, b), max(a, b)))
     return pairs
 
