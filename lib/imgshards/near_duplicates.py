@@ -7,7 +7,7 @@ only those hash pairs reach the driver, as two longs each, for a union-find. Eve
 cluster, which split, which clusters cross splits) is an aggregation in Spark.
 
 Up to DRIVER_MAX_IMAGES hashed images (the table's live rows and the new ones together) the same is done
-on the driver instead, from one bounded collect: on a small run the distributed way is some sixteen Spark
+on the driver instead, after a bounded count and one collect: on a small run the distributed way is some sixteen Spark
 jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters, splits and
 report (tests/test_ingest.py runs every case through both)."""
 from __future__ import annotations
@@ -151,7 +151,7 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
     new = accepted.filter(F.col("phash").isNotNull()).select(*columns)
     members = (live.filter(F.col("phash").isNotNull()).select(*columns, F.lit(True).alias("existing"))
                .unionByName(new.withColumn("existing", F.lit(False))))
-    rows = _bounded_collect(spark, members, driver_max)
+    rows = _bounded_collect(members, driver_max)
     if rows is not None:
         yield _on_driver(spark, settings, rows)
         return
@@ -159,12 +159,13 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
         yield found
 
 
-def _bounded_collect(spark: SparkSession, frame: DataFrame, bound: int) -> Optional[list]:
-    """The rows of ``frame`` when it has at most ``bound``, else None: one Spark job that stops reading
-    after ``bound`` + 1 rows (Spark's take would scan one partition, then four times as many, and so on)."""
-    with tables.temporary_conf(spark, "spark.sql.limit.initialNumPartitions", "1000000"):
-        rows = frame.limit(bound + 1).collect()
-    return rows if len(rows) <= bound else None
+def _bounded_collect(frame: DataFrame, bound: int) -> Optional[list]:
+    """The rows of ``frame`` when it has at most ``bound``, else None. Counted first, with every task
+    stopping at ``bound`` + 1 rows and no column read: a take of ``bound`` + 1 rows would bring that many
+    from every partition it scans to the driver."""
+    if frame.limit(bound + 1).count() > bound:
+        return None
+    return frame.collect()
 
 
 def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> set:
