@@ -174,8 +174,13 @@ def perceptual_hash(data: bytes, max_pixels: int) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
+_BITS64 = (1 << 64) - 1
+_popcount = getattr(int, "bit_count", None) or (lambda x: bin(x).count("1"))  # int.bit_count: Python 3.10+
+
+
 def hamming(a: int, b: int) -> int:
-    return bin((a ^ b) & ((1 << 64) - 1)).count("1")
+    """Bits that differ between two 64-bit hashes (signed or not)."""
+    return _popcount((a ^ b) & _BITS64)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -7,8 +7,8 @@ only those hash pairs reach the driver, as two longs each, for a union-find. Eve
 cluster, which split, which clusters cross splits) is an aggregation in Spark.
 
 Up to DRIVER_MAX_IMAGES hashed images (the table's live rows and the new ones together) the same is done
-on the driver instead, after a bounded count and one collect: on a small run the distributed way is some sixteen Spark
-jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters, splits and
+on the driver instead, after a bounded count and one collect: on a small run the distributed way is some
+sixteen Spark jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters, splits and
 report (tests/test_ingest.py runs every case through both)."""
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 
 from imgshards import tables
 from imgshards.config import NearDuplicatesConfig
+from imgshards.imaging import hamming
 from imgshards.rules import EXAMPLES
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 # (20 MB at the bound), and the band join's comparisons grow with the square of the distinct hashes (about
 # 1.5 million at 50,000 random hashes, a second here); beyond it, in Spark, over every core.
 DRIVER_MAX_IMAGES = 50_000
-_BITS = (1 << 64) - 1
-_popcount = getattr(int, "bit_count", None) or (lambda x: bin(x).count("1"))  # int.bit_count: Python 3.10+
 NO_CLUSTERS = {"clusters": 0, "images": 0, "hash_pairs": 0, "crossing_splits": 0, "crossing_examples": []}
 
 
@@ -180,7 +179,7 @@ def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> s
             index[(h >> offset) & mask].append(h)
         for a in new:
             for b in index.get((a >> offset) & mask, ()):
-                if a != b and _popcount((a ^ b) & _BITS) <= max_distance:
+                if a != b and hamming(a, b) <= max_distance:
                     pairs.add((min(a, b), max(a, b)))
     return pairs
 
@@ -188,7 +187,8 @@ def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> s
 def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) -> tuple[Optional[DataFrame], dict]:
     """What :func:`_in_spark` finds, from the collected members (sha256, phash, path, split, existing):
     :func:`_summary`'s rules, one cluster at a time."""
-    pairs = near_pairs((r["phash"] for r in rows if not r["existing"]), (r["phash"] for r in rows), settings.max_distance)
+    new_hashes = (r["phash"] for r in rows if not r["existing"])
+    pairs = near_pairs(new_hashes, (r["phash"] for r in rows), settings.max_distance)
     roots = components(pairs)
     by_comp = defaultdict(list)
     for r in rows:
