@@ -4,7 +4,7 @@
 #   scripts/local_cluster.sh start [--workers N]     # N workers (default 2)
 #   scripts/local_cluster.sh start [--gpus N]        # each worker offers this machine's N GPUs (nvidia-smi)
 #   scripts/local_cluster.sh start [--fake-gpus N]   # N > 0: each worker advertises N fake GPUs (tests only)
-#   scripts/local_cluster.sh stop
+#   scripts/local_cluster.sh stop                    # also removes the executors' copies of the environment
 #   scripts/local_cluster.sh run [--deploy-mode cluster] <job> [job args]
 #                                                    # start, run the job through ./spark-submit.sh --profile
 #                                                    # standalone on this cluster, stop (one command)
@@ -37,13 +37,27 @@ while [[ $# -gt 0 ]]; do
 done
 
 stop() {
-  local pid_file
+  local pid_file pid pids=() copy
   for pid_file in "$dir"/worker-*.pid "$dir/master.pid"; do
     if [[ -f "$pid_file" ]]; then
-      kill "$(cat "$pid_file")" 2>/dev/null || true
+      pids+=("$(cat "$pid_file")")
+      kill "${pids[-1]}" 2>/dev/null || true
       rm -f "$pid_file"
     fi
   done
+  for pid in "${pids[@]}"; do  # the workers stop their executors on the way out
+    for _ in $(seq 1 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.5
+    done
+  done
+  # Each executor (and a cluster-mode driver) fetched the packed environment and unpacked it in its own
+  # directory: hundreds of MB per executor and run. Their logs (stdout, stderr) stay; the copies go.
+  shopt -s nullglob
+  for copy in "$dir"/worker-*/app-*/*/* "$dir"/worker-*/driver-*/*; do
+    case "${copy##*/}" in stdout|stderr) ;; *) rm -rf "$copy" ;; esac
+  done
+  shopt -u nullglob
 }
 
 case "$command" in
