@@ -6,7 +6,10 @@
 Data: ../shared/datasets/hymenoptera, and large photos made by upscaling them (>= 8 Mpx); peak RSS of
 the Spark Python workers is sampled, also with 24 Mpx inputs. Prints Markdown tables.
 
-    .venv/bin/python scripts/bench_preprocess.py [--large 24] [--size 224]
+    .venv/bin/python scripts/bench_preprocess.py [--photos 2000] [--large 240] [--size 224] [--content copy]
+
+--content reference ingests the photos by reference (the images table keeps no bytes; the job's workers
+read each file by path and check its sha256); --large 0 leaves out the large and huge photos.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from imgshards.ingest import run_ingest
 from imgshards.preprocess import process_column, run_preprocess
 from imgshards.sample import replicate_dataset
 from imgshards.tables import spread_scans
-from imgshards.session import PROJECT_ROOT, build_session
+from imgshards.session import PROJECT_ROOT, build_session, profile_settings
 
 from bench_memory import TreePeak  # scripts/ is on sys.path when a script runs
 
@@ -95,10 +98,11 @@ def job_rate(spark, config, raw: str, backend: str, work: str, runs: int = 2) ->
 def transform_rate(spark, config, raw: str, work: str) -> float:
     """The preprocess pandas UDF alone (pil), into a no-op sink: the job without its Delta bookkeeping."""
     images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
+    source = (F.col("path"), F.col("size_bytes"), F.col("sha256")) if config.ingest.content == "reference" else None
     with spread_scans(spark):
         start = time.perf_counter()
         images.select(process_column(F.col("content"), F.lit(None).cast("long"), config.preprocess,
-                                     config.ingest.max_pixels).alias("r")).write.format("noop").mode("overwrite").save()
+                                     config.ingest.max_pixels, source).alias("r")).write.format("noop").mode("overwrite").save()
         return images.count() / (time.perf_counter() - start)
 
 
@@ -107,14 +111,17 @@ def naive_udf_rate(spark, config, raw: str, work: str) -> float:
     size, quality = config.preprocess.size, config.preprocess.quality
 
     @F.udf(BinaryType())
-    def naive(content):
+    def naive(content, path):
+        if content is None:  # ingested by reference: the file, read by path
+            with open(path.removeprefix("file:"), "rb") as f:
+                content = f.read()
         try:
             return imaging.process(bytes(content), size=size, quality=quality)[0]
         except imaging.ImageError:
             return None
 
     start = time.perf_counter()
-    n = images.select(naive("content").alias("image")).filter(F.col("image").isNotNull()).count()
+    n = images.select(naive("content", "path").alias("image")).filter(F.col("image").isNotNull()).count()
     return n / (time.perf_counter() - start)
 
 
@@ -122,8 +129,9 @@ def args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=os.path.join(PROJECT_ROOT, "..", "shared", "datasets", "hymenoptera"))
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--large", type=int, default=240, help="how many large photos to make")
+    parser.add_argument("--large", type=int, default=240, help="how many large photos to make (0: none, nor huge)")
     parser.add_argument("--photos", type=int, default=2000, help="hymenoptera copies (distinct bytes)")
+    parser.add_argument("--content", choices=("copy", "reference"), default="copy", help="ingest.content for the jobs")
     return parser
 
 
@@ -135,18 +143,23 @@ def _main(argv=None) -> int:
     replicate_dataset(args.source, photos, args.photos)
     large = os.path.join(work, "large8")
     huge = os.path.join(work, "large24")
-    make_large(sources, large, 9, args.large)
-    make_large(sources, huge, 24, 8)
-    config = load_config(overrides=[f"preprocess.size={args.size}", "ingest.near_duplicates.enabled=false"])
+    datasets = [(f"hymenoptera ({args.photos}+ copies, ~500x375)", photos)]
+    if args.large:
+        make_large(sources, large, 9, args.large)
+        make_large(sources, huge, 24, 8)
+        datasets += [(f"large photos ({args.large} x 9 Mpx)", large), ("huge photos (8 x 24 Mpx)", huge)]
+    config = load_config(overrides=[f"preprocess.size={args.size}", "ingest.near_duplicates.enabled=false",
+                                    f"ingest.content={args.content}"])
     config = dataclasses.replace(config, workdir=work)
-    spark = build_session("local[2]", "bench-preprocess")
+    # The JVM as `./spark-submit.sh preprocess` starts it (the local profile's JIT and collector), not the
+    # test suite's: on 2 cores the C2 compiler's CPU comes out of the Python workers' share.
+    java_options = profile_settings("local")["spark.driver.extraJavaOptions"]
+    spark = build_session("local[2]", "bench-preprocess", {"spark.driver.extraJavaOptions": java_options})
     spark.sparkContext.setLogLevel("ERROR")
     tables = []
     try:
-        for label, raw, files in ((f"hymenoptera ({args.photos}+ copies, ~500x375)", photos, None),
-                                  (f"large photos ({args.large} x 9 Mpx)", large, None),
-                                  ("huge photos (8 x 24 Mpx)", huge, None)):
-            files = files or sorted(os.path.join(d, f) for d, _, fs in os.walk(raw) for f in fs)
+        for label, raw in datasets:
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(raw) for f in fs)
             a = loop_rate(files, args.size, draft=True)
             a2 = loop_rate(files, args.size, draft=True, processes=2)
             a_nodraft = loop_rate(files, args.size, draft=False)
@@ -158,7 +171,8 @@ def _main(argv=None) -> int:
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\noutput {args.size}x{args.size} JPEG q{config.preprocess.quality}, {os.cpu_count()} cores; images/s\n")
+    print(f"\noutput {args.size}x{args.size} JPEG q{config.preprocess.quality}, {os.cpu_count()} cores, "
+          f"ingest.content={args.content}; images/s\n")
     print("| data | images | (a) PIL loop, 1 process | loop, 2 processes | loop without draft | (b) job, pil, local[2] "
           "| (b) / 2x(a) | (b) / 2-process loop | (b) / loop without draft | pil UDF alone, local[2] | UDF / 2x(a) "
           "| (c) job, dali-cpu | (d) naive row UDF | peak RSS per Python worker (pil / dali-cpu) |")

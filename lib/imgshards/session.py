@@ -26,8 +26,18 @@ SPARK_DEFAULTS = os.path.join(os.path.dirname(__file__), "spark-defaults.conf")
 
 def spark_defaults() -> dict:
     """The settings of spark-defaults.conf (the ones spark-submit.sh also applies), as a dict."""
+    return read_properties(SPARK_DEFAULTS)
+
+
+def profile_settings(profile: str) -> dict:
+    """The settings of conf/spark/<profile>.conf (those spark-submit.sh applies over the defaults)."""
+    return read_properties(os.path.join(PROJECT_ROOT, "conf", "spark", profile + ".conf"))
+
+
+def read_properties(path: str) -> dict:
+    """A Spark properties file (``key value`` lines, ``#`` comments) as a dict."""
     settings = {}
-    with open(SPARK_DEFAULTS) as f:
+    with open(path) as f:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
