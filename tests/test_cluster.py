@@ -91,6 +91,9 @@ def test_executors_run_the_packed_environment(packed_environment, tmp_path):
     # Client mode: the driver runs here, in the project environment.
     assert summary["driver"]["prefix"] == os.path.join(ROOT, ".venv")
     assert not os.path.exists(os.path.join(cluster_dir, "master.pid"))  # stopped after the job
+    # Stopped, the cluster keeps each executor's logs and none of its copy of the environment (~600 MB each).
+    for facts in executors:
+        assert sorted(os.listdir(facts["cwd"])) == ["stderr", "stdout"], facts["cwd"]
 
 
 def test_cluster_deploy_mode_runs_the_driver_on_a_worker(cluster, tmp_path):
