@@ -141,10 +141,9 @@ def _main(argv=None) -> int:
     sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(args.source) for f in fs if f.endswith(".jpg"))
     photos = os.path.join(work, "hymenoptera")
     replicate_dataset(args.source, photos, args.photos)
-    large = os.path.join(work, "large8")
-    huge = os.path.join(work, "large24")
     datasets = [(f"hymenoptera ({args.photos}+ copies, ~500x375)", photos)]
     if args.large:
+        large, huge = os.path.join(work, "large8"), os.path.join(work, "large24")
         make_large(sources, large, 9, args.large)
         make_large(sources, huge, 24, 8)
         datasets += [(f"large photos ({args.large} x 9 Mpx)", large), ("huge photos (8 x 24 Mpx)", huge)]
