@@ -9,7 +9,8 @@ import tempfile
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from imgshards import tables, workers
+from imgshards.delta import tables
+from imgshards.runtime import workers
 from imgshards.schemas import QUARANTINE_KEYS, QUARANTINE_SCHEMA
 
 

@@ -5,7 +5,7 @@
 """
 import sys
 
-from imgshards.deploy import main
+from imgshards.deploy.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,7 @@
 #   scripts/package.sh --wheel-only    # just the wheel (Databricks installs it into the runtime's Python)
 # Each prints the archive's (or wheel's) path. It also builds dist/imgshards-driver.jar, the application jar
 # that runs a Python driver in standalone cluster deploy mode (lib/jvm/imgshards/ClusterPythonDriver.java).
-# Idempotent: a stamp of the code, setup.cfg, constraints.txt and the variant skips work already done.
+# Idempotent: a stamp of the code, pyproject.toml, constraints.txt and the variant skips work already done.
 #
 # The runtime environment is a separate virtualenv (not the editable development .venv, which venv-pack
 # refuses): the wheel installed with -c constraints.txt, no torch, no test tools, packed with venv-pack as
@@ -54,7 +54,7 @@ mkdir -p "$dist" "$root/.work/package"
 
 code_stamp() {
   (cd "$root" && find lib/imgshards -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.conf' -o -name 'py.typed' \) \
-      -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum; cat setup.cfg pyproject.toml constraints.txt) \
+      -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum; cat pyproject.toml constraints.txt) \
     | sha256sum | cut -d' ' -f1
 }
 stamp="$(code_stamp)"
@@ -120,7 +120,7 @@ import importlib.util, sys
 for name in ("torch", "pytest"):
     if importlib.util.find_spec(name) is not None:
         sys.exit(f"package.sh: {name} ended up in the runtime environment; it must not")
-import imgshards.jobs, imgshards.transform  # the job code and its native dependencies import
+import imgshards.jobs, imgshards.preprocess.transform  # the job code and its native dependencies import
 EOF
 
 log "packing $archive"

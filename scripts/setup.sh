@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the project environment (.venv) with the pinned stack and fetch the jars (Delta, S3A) once.
-# Idempotent: when constraints.txt, setup.cfg and the jars are unchanged it returns in about a second.
+# Idempotent: when constraints.txt, pyproject.toml and the jars are unchanged it returns in about a second.
 #   scripts/setup.sh            # install or refresh
 #   FORCE=1 scripts/setup.sh    # reinstall the Python packages even if the stamp matches
 set -euo pipefail
@@ -15,7 +15,7 @@ scala_version="2.12"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 stamp_of() {
-  cat "$root/constraints.txt" "$root/setup.cfg" | sha256sum | cut -d' ' -f1
+  cat "$root/constraints.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1
 }
 
 if [[ ! -x "$venv/bin/python" ]]; then

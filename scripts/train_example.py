@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from imgshards.loader import make_dataloader, read_manifest
+from imgshards.train.loader import make_dataloader, read_manifest
 
 
 def small_cnn(num_classes: int) -> nn.Module:

@@ -1,50 +1,35 @@
-"""Shared fixtures: one local[2] Spark session with Delta for the whole run, and paths to ../shared data."""
+"""Fixtures: one local[2] Spark session with Delta for the whole run, the S3 server, test credentials, and
+the Spark-free tier: every test that uses no Spark fixture and starts no Spark is marked ``fast``
+(``scripts/test.sh -m fast``)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATASETS = os.path.join(os.path.dirname(ROOT), "shared", "datasets")
+from helpers import TEST_AWS_CREDENTIALS, local_session, moto_server
+
+# Fixtures that start Spark (the session, or a launcher/cluster through the tests' own fixtures); a test that
+# uses none of them and is not marked slow is in the fast tier.
+SPARK_FIXTURES = {"spark", "s3_pipeline", "cluster", "packed_environment", "pipeline_run", "exported"}
 
 
-LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
-
-
-def launch(*args: str, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:
-    """``./spark-submit.sh <args>`` run to its end, output captured; ``env`` adds to this environment."""
-    return subprocess.run([LAUNCHER, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def shared_dataset(name: str) -> str:
-    """Path of a ../shared dataset, or skip the test with the reason."""
-    path = os.path.join(SHARED_DATASETS, name)
-    if not os.path.isdir(path):
-        pytest.skip(f"../shared/datasets/{name} is not present (it is beside the project in CI)")
-    return path
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("spark"):
+            continue
+        if SPARK_FIXTURES.isdisjoint(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(autouse=True)
 def trusted_dali_decoder():
-    """Every test starts with DALI's decoder in use: imgshards.transform stops using it for the rest of
+    """Every test starts with DALI's decoder in use: imgshards.preprocess.transform stops using it for the rest of
     a process once it rejected a batch, and tests share one process."""
-    from imgshards import transform
+    from imgshards.preprocess import transform
 
     transform._DALI_DECODER_FAILED = False
     yield
-
-
-# What the tests sign S3 requests with: they only ever talk to the S3 server they start on 127.0.0.1.
-TEST_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "imgshards-test-key", "AWS_SECRET_ACCESS_KEY": "imgshards-test-secret",
-                        "AWS_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -61,39 +46,6 @@ def aws_test_credentials():
             os.environ[key] = value
 
 
-@contextlib.contextmanager
-def server_process(command: list, ready_url: str, env: dict = None):
-    """Start a test server (``command``), wait until ``ready_url`` answers, yield, then stop it."""
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(ready_url, timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"{command[0]} did not start")
-            time.sleep(0.1)
-    try:
-        yield
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def moto_server(**env: str):
-    """A real S3 API on 127.0.0.1: moto's server in its own process (``env``: its settings); yields the
-    endpoint URL and stops the server."""
-    pytest.importorskip("moto", reason="moto[server] is in the dev extra")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    with server_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                        endpoint + "/moto-api/", env={**os.environ, **env}):
-        yield endpoint
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """The S3 server the object-storage tests share."""
@@ -103,9 +55,7 @@ def s3_endpoint():
 
 @pytest.fixture(scope="session")
 def spark():
-    from imgshards.session import build_session
-
-    session = build_session("local[2]", "imgshards-tests", {
+    session = local_session("local[2]", "imgshards-tests", {
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
         "spark.databricks.delta.snapshotPartitions": "2",
@@ -113,24 +63,3 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def standalone_cluster(cluster_dir, workers: int = 2, fake_gpus: int = 0):
-    """A real standalone master and ``workers`` workers on 127.0.0.1 (scripts/local_cluster.sh), each
-    worker with its own work directory under ``cluster_dir``; yields the master URL and stops them."""
-    port = free_port()
-    env = {**os.environ, "SPARK_MASTER_PORT": str(port), "CLUSTER_DIR": str(cluster_dir)}
-    script = os.path.join(ROOT, "scripts", "local_cluster.sh")
-    args = [script, "start", "--workers", str(workers)] + (["--fake-gpus", str(fake_gpus)] if fake_gpus else [])
-    subprocess.run(args, env=env, check=True, timeout=180)
-    try:
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        subprocess.run([script, "stop"], env=env, check=False, timeout=60)

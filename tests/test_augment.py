@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from imgshards.augment import copies_per_image, sample_params
 from imgshards.config import AugmentConfig, load_config
-from imgshards.transform import Placement, process_series
+from imgshards.imaging.augment import copies_per_image, sample_params
+from imgshards.preprocess.transform import Placement, process_series
 
 pytest.importorskip("nvidia.dali")
 
@@ -110,9 +110,9 @@ def augment_config(work) -> object:
 
 @pytest.fixture(scope="module")
 def augmented_run(spark, raw_root, tmp_path_factory):
-    from imgshards.export import run_export
-    from imgshards.ingest import run_ingest
-    from imgshards.preprocess import run_preprocess
+    from imgshards.export.run import run_export
+    from imgshards.ingest.run import run_ingest
+    from imgshards.preprocess.run import run_preprocess
 
     config = augment_config(tmp_path_factory.mktemp("work"))
     run_ingest(spark, config, raw_root, "aug-1")
@@ -144,7 +144,7 @@ def test_copies_stay_in_their_parents_split_and_balance_the_classes(spark, augme
 
 
 def test_rerun_makes_no_new_copies(spark, augmented_run):
-    from imgshards.preprocess import run_preprocess
+    from imgshards.preprocess.run import run_preprocess
 
     config, first, _ = augmented_run
     again = run_preprocess(spark, config, "aug-2")
@@ -152,8 +152,8 @@ def test_rerun_makes_no_new_copies(spark, augmented_run):
 
 
 def test_another_run_from_scratch_makes_identical_bytes(spark, augmented_run, raw_root, tmp_path_factory):
-    from imgshards.ingest import run_ingest
-    from imgshards.preprocess import run_preprocess
+    from imgshards.ingest.run import run_ingest
+    from imgshards.preprocess.run import run_preprocess
 
     config, _, _ = augmented_run
     other = augment_config(tmp_path_factory.mktemp("again"))
@@ -168,7 +168,7 @@ def test_another_run_from_scratch_makes_identical_bytes(spark, augmented_run, ra
 
 
 def test_export_and_loader_carry_the_copies(augmented_run):
-    from imgshards.loader import make_dataloader, read_manifest
+    from imgshards.train.loader import make_dataloader, read_manifest
 
     config, counts, export = augmented_run
     manifest = read_manifest(config.output)
@@ -188,8 +188,8 @@ def test_export_and_loader_carry_the_copies(augmented_run):
 
 
 def test_an_image_that_fails_with_its_copies_is_quarantined_once(spark, tmp_path):
-    from imgshards.ingest import run_ingest
-    from imgshards.preprocess import run_preprocess
+    from imgshards.ingest.run import run_ingest
+    from imgshards.preprocess.run import run_preprocess
 
     raw = tmp_path / "raw" / "cat"
     raw.mkdir(parents=True)
@@ -200,7 +200,8 @@ def test_an_image_that_fails_with_its_copies_is_quarantined_once(spark, tmp_path
     config = dataclasses.replace(
         config,
         # no perceptual hash at ingest: its decode would catch the damage before preprocess
-        ingest=dataclasses.replace(config.ingest, near_duplicates=dataclasses.replace(config.ingest.near_duplicates, enabled=False)),
+        ingest=dataclasses.replace(config.ingest,
+                                   near_duplicates=dataclasses.replace(config.ingest.near_duplicates, enabled=False)),
         preprocess=dataclasses.replace(config.preprocess, augment=dataclasses.replace(
             config.preprocess.augment, copies=2, balance_classes=False, splits=("train", "val", "test"))))
     ingest = run_ingest(spark, config, str(tmp_path / "raw"), "q-1")

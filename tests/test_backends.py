@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import shared_dataset
 from imgshards.config import load_config
-from imgshards.dali_backend import cuda_usable
-from imgshards.transform import Placement, place, process_series
+from imgshards.imaging.dali import cuda_usable
+from imgshards.preprocess.transform import Placement, place, process_series
+
+from helpers import shared_dataset
 
 pytest.importorskip("nvidia.dali")
 needs_gpu = pytest.mark.skipif(not cuda_usable(0), reason="no CUDA device (run on a GPU machine: README, GPUs)")

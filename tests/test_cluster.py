@@ -18,10 +18,11 @@ import subprocess
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, free_port, standalone_cluster
 from imgshards.config import load_config
-from imgshards.pipeline import run_pipeline
+from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
+
+from helpers import LAUNCHER, ROOT, free_port, standalone_cluster
 
 PACKAGE = os.path.join(ROOT, "scripts", "package.sh")
 RUNTIME_VENV = os.path.join(ROOT, ".work", "package", "env-cpu")

@@ -13,8 +13,8 @@ from collections import Counter
 from pyspark.sql import functions as F
 
 from imgshards.config import load_config
-from imgshards.ingest import run_ingest
-from imgshards.preprocess import run_preprocess
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
 from imgshards.schemas import SAMPLE_KEY
 
@@ -28,7 +28,7 @@ def in_threads(*calls):
         barrier.wait()
         try:
             results[i] = call()
-        except BaseException as e:  # noqa: BLE001 - re-raised below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]

@@ -22,8 +22,10 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT
-from imgshards import deploy
+from imgshards.deploy import contract as deploy_contract
+from imgshards.deploy import generate as deploy
+
+from helpers import ROOT
 
 DEPLOY = os.path.join(ROOT, "deploy")
 CRD = os.path.join(os.path.dirname(ROOT), "shared", "vendor", "spark-operator", "sparkoperator.k8s.io_sparkapplications.yaml")
@@ -31,7 +33,7 @@ CRD = os.path.join(os.path.dirname(ROOT), "shared", "vendor", "spark-operator", 
 
 @pytest.fixture(scope="module")
 def contract():
-    return deploy.load_contract(os.path.join(DEPLOY, "contract.yaml"))
+    return deploy_contract.load_contract(os.path.join(DEPLOY, "contract.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_definitions_are_what_the_contract_generates(files):
     for relpath, text in files.items():
         assert read(relpath) == text, f"deploy/{relpath} differs from the contract: run scripts/gen_deploy.py"
     committed = {os.path.relpath(p, DEPLOY) for p in glob.glob(os.path.join(DEPLOY, "**", "*.*"), recursive=True)
-                 if deploy.GENERATED_NOTE in open(p).read() or p.endswith(".json")}
+                 if deploy_contract.GENERATED_NOTE in open(p).read() or p.endswith(".json")}
     assert committed == set(files), "a generated definition is no longer generated: remove it"
 
 
@@ -68,7 +70,7 @@ def test_a_definition_naming_a_missing_job_argument_or_key_fails_naming_it(files
     relpath = "databricks/resources/imgshards.job.yml"
     edited = edit(files[relpath])
     assert edited != files[relpath]
-    with pytest.raises(deploy.ContractError, match=re.escape(message)):
+    with pytest.raises(deploy_contract.ContractError, match=re.escape(message)):
         deploy.check_definitions({relpath: edited})
 
 
@@ -83,8 +85,8 @@ def test_a_contract_naming_a_missing_job_or_key_fails_naming_it(tmp_path, edit, 
     edit(data)
     path = tmp_path / "contract.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(deploy.ContractError, match=re.escape(message)):
-        deploy.load_contract(str(path))
+    with pytest.raises(deploy_contract.ContractError, match=re.escape(message)):
+        deploy_contract.load_contract(str(path))
 
 
 # --- Databricks ---------------------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ def check_artifacts(request: dict, spec: dict) -> None:
 def check_packed_python(conf: dict, keys: tuple) -> None:
     assert conf["spark.archives"].endswith("#environment"), conf["spark.archives"]
     for key in keys:
-        assert conf[key] == deploy.PACKED_PYTHON, key
+        assert conf[key] == deploy_contract.PACKED_PYTHON, key
 
 
 def validate_serverless_run(request: dict, spec: dict) -> None:
@@ -208,7 +210,7 @@ def validate_serverless_run(request: dict, spec: dict) -> None:
     conf = deploy.spark_submit_conf(request["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])
     check_packed_python(conf, ("spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON",
                                "spark.emr-serverless.driverEnv.PYSPARK_PYTHON", "spark.executorEnv.PYSPARK_PYTHON"))
-    assert conf["spark.sql.extensions"] == deploy.DELTA_SQL_CONF["spark.sql.extensions"]
+    assert conf["spark.sql.extensions"] == deploy_contract.DELTA_SQL_CONF["spark.sql.extensions"]
     assert all(jar.startswith("/usr/share/aws/delta/lib/") for jar in conf["spark.jars"].split(","))
     check_artifacts(request, spec)
 
@@ -248,11 +250,15 @@ def test_emr_requests_validate_against_the_service_models(files, contract):
     ("emr/ec2/run-job-flow.json", lambda r: r["Steps"][0].update(ActionOnFailure="STOP"), "STOP"),
     ("emr/ec2/run-job-flow.json", lambda r: r["Instances"].update(InstanceGroup=[]), "InstanceGroup"),
     ("emr/ec2/run-job-flow.json", lambda r: r["Instances"]["InstanceGroups"][0].update(InstanceRole="LEADER"), "LEADER"),
-    ("emr/ec2/run-job-flow.json", lambda r: r["Steps"][0]["HadoopJarStep"]["Args"].__setitem__(4, "s3://YOUR-BUCKET/imgshards/env.tar.gz#environment"), "env.tar.gz"),
-    ("emr/serverless/start-job-run-ingest.json", lambda r: r["jobDriver"]["sparkSubmit"].update(entryPointArgs=[]), "entryPointArgs"),
+    ("emr/ec2/run-job-flow.json",
+     lambda r: r["Steps"][0]["HadoopJarStep"]["Args"].__setitem__(4, "s3://YOUR-BUCKET/imgshards/env.tar.gz#environment"),
+     "env.tar.gz"),
+    ("emr/serverless/start-job-run-ingest.json",
+     lambda r: r["jobDriver"]["sparkSubmit"].update(entryPointArgs=[]), "entryPointArgs"),
     ("emr/serverless/start-job-run-ingest.json", lambda r: r.update(executionTimeoutMinutes="soon"), "executionTimeoutMinutes"),
     ("emr/serverless/start-job-run-ingest.json",
-     lambda r: r["jobDriver"]["sparkSubmit"].update(sparkSubmitParameters="--conf spark.archives=x.tar.gz --py-files"), "--py-files"),
+     lambda r: r["jobDriver"]["sparkSubmit"].update(sparkSubmitParameters="--conf spark.archives=x.tar.gz --py-files"),
+     "--py-files"),
 ])
 def test_emr_validation_rejects_a_wrong_shape(files, contract, relpath, edit, message):
     pytest.importorskip("botocore")

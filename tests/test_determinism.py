@@ -13,8 +13,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from imgshards.jobs import pipeline as pipeline_job
-from imgshards.loader import read_manifest
 from imgshards.sample import make_sample_dataset
+from imgshards.train.loader import read_manifest
 
 # What must not change between runs, per table (timestamps and run ids are when and who, not content).
 TABLE_COLUMNS = {

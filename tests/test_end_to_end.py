@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from imgshards import run_state
 from imgshards.config import load_config
-from imgshards.export import run_export
-from imgshards.ingest import run_ingest
-from imgshards.rules import split_of
-from imgshards.loader import IMAGENET_MEAN, IMAGENET_STD, make_dataloader
-from imgshards.preprocess import run_preprocess
+from imgshards.delta import run_state
+from imgshards.export.run import run_export
+from imgshards.ingest.rules import split_of
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
+from imgshards.train.loader import IMAGENET_MEAN, IMAGENET_STD, make_dataloader
 
 SIZE = 32
 
@@ -188,8 +188,8 @@ def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
 
 
 def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_changes(spark, config, tmp_path):
-    from imgshards.pipeline import run_pipeline
-    from imgshards.tables import latest_version
+    from imgshards.delta.tables import latest_version
+    from imgshards.jobs.pipeline import run_pipeline
 
     raw = tmp_path / "raw"
     make_sample_dataset(str(raw), per_class=3, seed=8)
@@ -206,7 +206,8 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     again = run_pipeline(spark, own, "again")
     # Listing, table versions and the stored state say nothing changed: not one Spark job (run_state).
     assert max(tracker.getJobIdsForGroup(), default=-1) == last_job
-    assert again["ingest"]["read_bytes"] == 0 and again["preprocess"]["already_processed"] == sum(first["export"]["rows"].values())
+    assert again["ingest"]["read_bytes"] == 0
+    assert again["preprocess"]["already_processed"] == sum(first["export"]["rows"].values())
     assert "again" in open(again["report"]).read()
     assert again["export"]["kept"] and again["export"]["version_dir"] == first["export"]["version_dir"]
     assert again["export"]["rows"] == first["export"]["rows"]
@@ -223,7 +224,7 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
 
 
 def test_batches_are_bounded_by_bytes_and_pixels():
-    from imgshards.preprocess import BATCH_BYTES, BATCH_PIXELS, batch_records
+    from imgshards.preprocess.run import BATCH_BYTES, BATCH_PIXELS, batch_records
 
     assert batch_records(150_000, 500 * 375) == 64  # small photos: the row cap
     assert batch_records(8_000_000, 24_000_000) == BATCH_PIXELS // 24_000_000 == 5  # 24 Mpx: decoded size rules
@@ -234,8 +235,8 @@ def test_batches_are_bounded_by_bytes_and_pixels():
 def test_a_table_from_an_older_version_is_named_not_written(spark, tmp_path):
     from pyspark.sql.types import StringType, StructField, StructType
 
+    from imgshards.delta.tables import TableVersionError, ensure_table
     from imgshards.schemas import PROCESSED_SCHEMA
-    from imgshards.tables import TableVersionError, ensure_table
 
     path = str(tmp_path / "processed")
     spark.createDataFrame([], StructType([StructField("sha256", StringType())])).write.format("delta").save(path)

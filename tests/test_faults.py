@@ -14,15 +14,17 @@ from collections import Counter
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, launch
 from imgshards.config import load_config
-from imgshards.export import MANIFEST_FILE, run_export
-from imgshards.ingest import run_ingest
-from imgshards.rules import has_extension
-from imgshards.loader import make_dataloader
-from imgshards.preprocess import run_preprocess
+from imgshards.export.run import MANIFEST_FILE, run_export
+from imgshards.ingest.rules import has_extension
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
 from imgshards.schemas import SPLITS
+from imgshards.train.loader import make_dataloader
+
+from helpers import LAUNCHER, ROOT, launch
+
 
 def start_job(*args: str, log_path: str) -> subprocess.Popen:
     """``./spark-submit.sh <args>`` in its own process group (so one killpg takes driver JVM and Python)."""
@@ -83,8 +85,8 @@ def test_streaming_ingest_killed_mid_batch_restarts_from_its_checkpoint(spark, t
     stream = ["--stream", "--set", "ingest.stream.max_files_per_trigger=8", "--set", "ingest.stream.trigger='1 second'"]
 
     def mid_batch() -> bool:  # a micro-batch planned (offsets/N) but not yet committed (commits/N), after one that was
-        offsets = {int(n) for n in os.listdir(checkpoint / "offsets") if n.isdigit()} if (checkpoint / "offsets").is_dir() else set()
-        commits = {int(n) for n in os.listdir(checkpoint / "commits") if n.isdigit()} if (checkpoint / "commits").is_dir() else set()
+        offsets, commits = ({int(n) for n in os.listdir(checkpoint / kind) if n.isdigit()} if (checkpoint / kind).is_dir()
+                            else set() for kind in ("offsets", "commits"))
         return bool(commits) and bool(offsets - commits)
 
     job = start_job(*ingest_args(raw, tmp_path, *stream), log_path=str(tmp_path / "killed.log"))

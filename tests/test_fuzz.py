@@ -10,16 +10,17 @@ import glob
 import os
 import shutil
 
+import fuzzing
 import numpy as np
 import pytest
 from PIL import Image
 
-import fuzzing
-from conftest import shared_dataset
 from imgshards import imaging
 from imgshards.config import load_config
-from imgshards.ingest import run_ingest
-from imgshards.preprocess import run_preprocess
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
+
+from helpers import shared_dataset
 
 pytest.importorskip("nvidia.dali")
 

@@ -12,10 +12,11 @@ import subprocess
 
 import pytest
 
-from conftest import LAUNCHER, ROOT, standalone_cluster
 from imgshards.config import load_config
-from imgshards.ingest import run_ingest
+from imgshards.ingest.run import run_ingest
 from imgshards.sample import make_sample_dataset
+
+from helpers import LAUNCHER, ROOT, standalone_cluster
 
 pytest.importorskip("nvidia.dali")
 

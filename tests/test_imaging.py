@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import io
 
+import fuzzing
 import numpy as np
 import pytest
 from PIL import Image
 
-import fuzzing
 from imgshards import imaging
 from imgshards.sample import png_header_only
 

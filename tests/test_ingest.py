@@ -17,14 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_dataset
-from imgshards import imaging, ingest_state, near_duplicates, storage, tables
+from imgshards import imaging
 from imgshards.config import load_config
-from imgshards.ingest import run_ingest, run_ingest_stream
-from imgshards.near_duplicates import components
-from imgshards.rules import split_of
-from imgshards.preprocess import run_preprocess
+from imgshards.delta import tables
+from imgshards.ingest import near_duplicates
+from imgshards.ingest import state as ingest_state
+from imgshards.ingest.near_duplicates import components
+from imgshards.ingest.rules import split_of
+from imgshards.ingest.run import run_ingest, run_ingest_stream
+from imgshards.io import storage
+from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
+
+from helpers import shared_dataset
 
 
 def make_config(tmp_path, *overrides):
@@ -272,7 +277,7 @@ def test_near_duplicates_follow_their_cluster_split(spark, tmp_path):
 def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     """The pass over local files takes the driver's listing: several tasks per core, more when the bytes
     call for it, never more tasks than files."""
-    from imgshards.ingest import LISTED_TASK_BYTES, LISTED_TASKS_PER_CORE, listed_files
+    from imgshards.ingest.read import LISTED_TASK_BYTES, LISTED_TASKS_PER_CORE, listed_files
 
     cores = spark.sparkContext.defaultParallelism
     small = {f"file:/x/{i:04d}.jpg": 1000 for i in range(1000)}
@@ -348,7 +353,7 @@ def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, 
     """Random clusters of near hashes (some chained, some crossing splits, some with rows in the table, signed
     hashes both sides of zero): the driver's clusters, splits and report are Spark's, and the driver's pairs
     are every pair within the distance (all pairs compared)."""
-    from imgshards.near_duplicates import near_pairs
+    from imgshards.ingest.near_duplicates import near_pairs
 
     rng = random.Random(7)
     splits = ("train", "val", "test")
@@ -478,7 +483,7 @@ def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
     import pandas as pd
 
     from imgshards.config import LabelsConfig
-    from imgshards.ingest import _probe_batches
+    from imgshards.ingest.read import probe_batches
 
     rng = np.random.default_rng(3)
     photos = []
@@ -491,7 +496,7 @@ def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
     contents = [b"not an image"] + [content for content, _ in photos]
     batch = pd.DataFrame({"path": [f"file:/in/{i}.png" for i in range(4)], "length": [len(c) for c in contents],
                           "content": contents})
-    [probed] = list(_probe_batches(iter([batch]), base="file:/in", max_pixels=10**8, labels=LabelsConfig(),
+    [probed] = list(probe_batches(iter([batch]), base="file:/in", max_pixels=10**8, labels=LabelsConfig(),
                                    group_regex=None, phash=True, crc32=True))
     assert probed["reason"].iloc[0] == "not_an_image" and pd.isna(probed["phash"].iloc[0])
     assert [int(v) for v in probed["phash"].iloc[1:]] == [phash for _, phash in photos]
@@ -503,22 +508,22 @@ def test_copy_mode_never_stores_bytes_other_than_those_hashed(spark, tmp_path, m
     """In copy mode the bytes are read a second time to be written; a file rewritten between the probe and
     that read (caught by the CRC32 of the bytes the probe hashed) is not written under the old sha256: the
     run fails and says so, every stored row's bytes hash to its sha256, and the next run ingests the file."""
-    from imgshards import ingest
+    from imgshards.ingest import write as ingest_write
 
     raw = tmp_path / "raw"
     config = make_config(tmp_path)
     for i in range(3):
         write_jpeg(raw / "cat" / f"{i}.jpg", photo(40 + i))
-    write_rows = ingest._write_rows
+    write_rows = ingest_write._write_rows
 
     def rewrite_then_write(*args, **kwargs):
         write_jpeg(raw / "cat" / "1.jpg", photo(50))  # after the probe, before the bytes are read again
         return write_rows(*args, **kwargs)
 
-    monkeypatch.setattr(ingest, "_write_rows", rewrite_then_write)
+    monkeypatch.setattr(ingest_write, "_write_rows", rewrite_then_write)
     with pytest.raises(RuntimeError, match="files changed while ingest was reading them"):
         run_ingest(spark, config, str(raw), "r1")
-    monkeypatch.setattr(ingest, "_write_rows", write_rows)
+    monkeypatch.setattr(ingest_write, "_write_rows", write_rows)
     stored = table(spark, config, "images").collect()
     assert sorted(r["path"].rsplit("/", 1)[1] for r in stored) == ["0.jpg", "2.jpg"]
     assert all(hashlib.sha256(r["content"]).hexdigest() == r["sha256"] for r in stored)
@@ -535,7 +540,7 @@ def test_reference_content_reads_sources_by_path_and_quarantines_changed_ones(sp
     same samples as copy mode; the report still shows near-duplicates (from the processed samples); later a
     source changed since ingest is quarantined as changed_since_ingest (same size or not), one that is gone
     as unreadable, and the others are still made."""
-    from imgshards.report.collect import gather
+    from imgshards.observe.report.collect import gather
 
     raw = tmp_path / "raw"
     for i in range(6):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, launch
+from helpers import ROOT, launch
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_pipeline_on_embedded_default(tmp_path):
     summary_file = re.search(r"summary file\s+(\S+)", out).group(1)
     with open(summary_file) as f:
         summary = json.load(f)
-    from imgshards.loader import read_manifest
+    from imgshards.train.loader import read_manifest
 
     manifest = read_manifest(str(work / "shards"))
     assert sum(s["rows"] for s in manifest["splits"].values()) == summary["preprocess"]["processed"]

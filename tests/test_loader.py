@@ -13,13 +13,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from imgshards.config import load_config
-from imgshards.export import run_export
-from imgshards.ingest import run_ingest
-from imgshards.loader import make_dataloader, read_manifest
-from imgshards.preprocess import run_preprocess
+from imgshards.export.run import run_export
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
+from imgshards.train.loader import make_dataloader, read_manifest
+
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_arrow_backend_in_a_modern_environment_without_petastorm(export):
     code = f"""
 import sys, numpy, pyarrow
 sys.path.insert(0, {os.path.join(ROOT, 'lib')!r})
-from imgshards.loader import make_dataloader
+from imgshards.train.loader import make_dataloader
 assert int(numpy.__version__.split('.')[0]) >= 2, numpy.__version__
 loader = make_dataloader({export.output!r}, 'train', 16, seed=1, cur_shard=0, shard_count=2)
 rows = sum(len(b['sha256']) for b in loader)

@@ -19,12 +19,14 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port, server_process
-from imgshards import background, metrics, progress, workers
 from imgshards.jobs import history as history_job
 from imgshards.jobs import ingest as ingest_job
 from imgshards.jobs import pipeline as pipeline_job
+from imgshards.observe import metrics, progress
+from imgshards.runtime import background, workers
 from imgshards.sample import make_sample_dataset
+
+from helpers import ROOT, free_port, server_process
 
 DASHBOARD = os.path.join(ROOT, "conf", "grafana", "imgshards-dashboard.json")
 PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -160,7 +162,7 @@ def test_dashboard_queries_name_only_pushed_metrics(pipeline_run):
 
 
 def test_progress_lines_while_the_job_runs(pipeline_run):
-    lines = [r.getMessage() for r in pipeline_run["records"] if r.name == "imgshards.progress"]
+    lines = [r.getMessage() for r in pipeline_run["records"] if r.name == "imgshards.observe.progress"]
     assert lines, "a run longer than progress.interval_seconds reports progress"
     pattern = re.compile(r"progress (ingest|preprocess|export|report): \d+/\d+ tasks \(\d+%\)")
     assert all(pattern.match(line) for line in lines), lines
@@ -217,7 +219,7 @@ def test_short_run_is_quiet_and_an_unreachable_gateway_costs_one_warning(spark, 
         assert history_job.main(args, stop_session=False) == 0  # same process: still one warning
     warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and closed in warnings[0], warnings
-    assert not [r for r in records if r.name == "imgshards.progress"]
+    assert not [r for r in records if r.name == "imgshards.observe.progress"]
 
 
 def test_streaming_ingest_pushes_after_every_micro_batch(spark, pushgateway, tmp_path):
@@ -234,7 +236,7 @@ def test_streaming_ingest_pushes_after_every_micro_batch(spark, pushgateway, tmp
     assert summary["ingest"]["batches"] > 1
     assert got[("imgshards_stream_batches_total", frozenset())] == summary["ingest"]["batches"]
     assert got[("imgshards_files_seen_total", frozenset())] == summary["ingest"]["seen"]
-    pushes = [r for r in records if r.name == "imgshards.metrics" and "pushed" in r.getMessage()]
+    pushes = [r for r in records if r.name == "imgshards.observe.metrics" and "pushed" in r.getMessage()]
     assert len(pushes) == summary["ingest"]["batches"] + 1  # after each micro-batch, then the final summary
 
 
@@ -327,7 +329,8 @@ def test_spark_serves_its_own_prometheus_endpoints(tmp_path):
     script = f"""
 import urllib.request
 from imgshards.session import build_session
-spark = build_session("local[2]", "prometheus-check", {{"spark.ui.enabled": "true", "spark.ui.port": "{port}"}})
+spark = build_session("local[2]", "prometheus-check", {{"spark.ui.enabled": "true", "spark.ui.port": "{port}"}},
+                      jars_dir=".jars")
 spark.range(1000).selectExpr("sum(id)").collect()
 for path in ("/metrics/prometheus", "/metrics/executors/prometheus"):
     body = urllib.request.urlopen("http://127.0.0.1:{port}" + path, timeout=30).read().decode()

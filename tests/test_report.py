@@ -6,7 +6,7 @@ import dataclasses
 import datetime
 
 from imgshards.config import load_config
-from imgshards.report import collect
+from imgshards.observe.report import collect
 from imgshards.schemas import QUARANTINE_SCHEMA, QUARANTINE_TABLE
 
 

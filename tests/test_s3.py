@@ -14,14 +14,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, TEST_AWS_CREDENTIALS, free_port, launch, moto_server
-from imgshards import cli
 from imgshards.config import load_config
-from imgshards.filesystems import s3_filesystem
+from imgshards.io.filesystems import s3_filesystem
+from imgshards.jobs import contract as cli
 from imgshards.jobs import ingest as ingest_job
-from imgshards.loader import make_dataloader, read_manifest
-from imgshards.pipeline import run_pipeline
+from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
+from imgshards.train.loader import make_dataloader, read_manifest
+
+from helpers import ROOT, TEST_AWS_CREDENTIALS, free_port, launch, moto_server
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +107,8 @@ def test_pipeline_s3a_to_s3a_accounts_for_every_object(s3_pipeline, s3):
 def test_reference_content_reads_the_sources_from_s3_in_the_python_workers(spark, s3_endpoint, raw_in_s3, tmp_path):
     """ingest.content=reference on an s3a:// input: images keeps no bytes, and preprocess's Python workers read
     every source from the S3 server themselves (pyarrow, with storage.s3 and the environment's credentials)."""
-    from imgshards.ingest import run_ingest
-    from imgshards.preprocess import run_preprocess
+    from imgshards.ingest.run import run_ingest
+    from imgshards.preprocess.run import run_preprocess
 
     raw, manifest = raw_in_s3
     config = s3_config(s3_endpoint, warehouse=str(tmp_path / "warehouse"), workdir=str(tmp_path))
@@ -121,7 +122,7 @@ def test_reference_content_reads_the_sources_from_s3_in_the_python_workers(spark
 
 
 def test_history_reads_the_tables_on_s3(s3_pipeline, spark):
-    from imgshards import tables
+    from imgshards.delta import tables
 
     config, _, _ = s3_pipeline
     [latest, *_] = tables.history(spark, config.table_path("images"), 5)
@@ -165,7 +166,7 @@ def test_input_in_s3_with_local_outputs(spark, s3_endpoint, raw_in_s3, tmp_path)
 
 
 def test_streaming_ingest_from_a_bucket(spark, s3, s3_endpoint, raw_in_s3, tmp_path):
-    from imgshards.ingest import run_ingest_stream
+    from imgshards.ingest.run import run_ingest_stream
 
     raw, manifest = raw_in_s3
     s3[1]("lake")
@@ -249,7 +250,7 @@ def test_a_manifest_from_before_relative_paths_is_still_read(s3_pipeline, s3_end
 
 
 def test_republishing_replaces_the_manifest_and_prunes_old_versions_on_s3(spark, s3_pipeline, s3):
-    from imgshards.export import run_export
+    from imgshards.export.run import run_export
 
     fs, _ = s3
     config, _, _ = s3_pipeline
@@ -348,7 +349,7 @@ def test_the_modern_environment_trains_from_s3(s3_pipeline, s3_endpoint):
 import sys
 sys.path.insert(0, {os.path.join(ROOT, 'lib')!r})
 import numpy
-from imgshards.loader import make_dataloader
+from imgshards.train.loader import make_dataloader
 assert int(numpy.__version__.split('.')[0]) >= 2
 loader = make_dataloader('s3://lake/shards', 'train', 8, seed=1, workers=1)
 print(sum(len(b['sha256']) for b in loader))
@@ -362,7 +363,7 @@ assert 'pyspark' not in sys.modules and 'petastorm' not in sys.modules
 
 def test_an_object_gone_between_listing_and_reading_is_quarantined_as_unreadable(spark, s3, s3_endpoint, tmp_path,
                                                                                   monkeypatch):
-    from imgshards import ingest as ingest_module
+    from imgshards.ingest import run as ingest_module
 
     fs, bucket = s3
     bucket("vanishing")

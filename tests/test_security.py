@@ -16,10 +16,10 @@ import pytest
 from PIL import Image, ImageCms
 
 from imgshards.config import load_config
-from imgshards.export import run_export
-from imgshards.ingest import run_ingest
-from imgshards.loader import make_dataloader, read_manifest
-from imgshards.preprocess import run_preprocess
+from imgshards.export.run import run_export
+from imgshards.ingest.run import run_ingest
+from imgshards.preprocess.run import run_preprocess
+from imgshards.train.loader import make_dataloader, read_manifest
 
 GPS_IFD = 0x8825
 

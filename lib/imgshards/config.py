@@ -104,7 +104,8 @@ class StreamConfig:
 
     def validate(self) -> None:
         if self.trigger != "available_now" and not re.fullmatch(r"\d+\s+(seconds?|minutes?|hours?)", self.trigger):
-            raise ConfigError(f"ingest.stream.trigger must be 'available_now' or an interval like '30 seconds', got {self.trigger!r}")
+            raise ConfigError("ingest.stream.trigger must be 'available_now' or an interval like '30 seconds', "
+                              f"got {self.trigger!r}")
         if self.max_files_per_trigger < 1:
             raise ConfigError(f"ingest.stream.max_files_per_trigger must be >= 1, got {self.max_files_per_trigger!r}")
 
@@ -272,7 +273,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Where a job pushes its outcome (imgshards.metrics); metrics never fail a run."""
+    """Where a job pushes its outcome (imgshards.observe.metrics); metrics never fail a run."""
 
     pushgateway: Optional[str] = None  # http(s)://host:port of a Prometheus Pushgateway; None: $IMGSHARDS_PUSHGATEWAY, else off
     timeout_seconds: float = 5.0

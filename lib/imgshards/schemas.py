@@ -2,15 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from pyspark.sql.types import (
-    BinaryType,
-    IntegerType,
-    LongType,
-    StringType,
-    StructField,
-    StructType,
-    TimestampType,
-)
+from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 IMAGES_TABLE = "images"
 QUARANTINE_TABLE = "quarantine"

@@ -1,7 +1,8 @@
-"""Building a Spark session with Delta outside spark-submit (tests, benchmarks, notebooks).
+"""Building a Spark session with Delta outside spark-submit (tests, benchmarks, notebooks), and the Spark
+settings every job runs with (``spark-defaults.conf``, beside this module).
 
-Jobs get their session from spark-submit.sh; this is for code that starts Spark itself. The caller
-stops the session it builds.
+Jobs get their session from spark-submit.sh or the platform; this is for code that starts Spark itself and
+says where the Delta jars are. The caller stops the session it builds.
 """
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import os
 import sys
 from typing import Optional
 
-PROJECT_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
-
-def delta_jars(jars_dir: Optional[str] = None) -> list:
-    jars_dir = jars_dir or os.path.join(PROJECT_ROOT, ".jars")
+def delta_jars(jars_dir: str) -> list:
+    """The jars in ``jars_dir`` (Delta's, as scripts/setup.sh fetches them into a checkout's .jars/)."""
     jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar")))
     if not jars:
         raise FileNotFoundError(f"no Delta jars in {jars_dir}: run scripts/setup.sh")
@@ -29,11 +28,6 @@ def spark_defaults() -> dict:
     return read_properties(SPARK_DEFAULTS)
 
 
-def profile_settings(profile: str) -> dict:
-    """The settings of conf/spark/<profile>.conf (those spark-submit.sh applies over the defaults)."""
-    return read_properties(os.path.join(PROJECT_ROOT, "conf", "spark", profile + ".conf"))
-
-
 def read_properties(path: str) -> dict:
     """A Spark properties file (``key value`` lines, ``#`` comments) as a dict."""
     settings = {}
@@ -46,9 +40,10 @@ def read_properties(path: str) -> dict:
     return settings
 
 
-def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: Optional[dict] = None):
-    """A SparkSession on ``master`` with the Delta jars and extensions and the project's Spark defaults,
-    bound to loopback; ``conf`` overrides any of them."""
+def build_session(master: str, app_name: str, conf: Optional[dict] = None, *, jars_dir: str):
+    """A SparkSession on ``master`` with the Delta jars of ``jars_dir`` (and the S3A connector of its ``s3/``
+    folder on the driver's class path), Delta's extensions and the project's Spark defaults, bound to
+    loopback; ``conf`` overrides any of them."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -56,9 +51,9 @@ def build_session(master: str = "local[2]", app_name: str = "imgshards", conf: O
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
-        .config("spark.jars", ",".join(delta_jars()))
-        # The S3A connector of scripts/setup.sh (.jars/s3/), for s3a:// and s3:// URLs.
-        .config("spark.driver.extraClassPath", os.path.join(PROJECT_ROOT, ".jars", "s3", "*"))
+        .config("spark.jars", ",".join(delta_jars(jars_dir)))
+        # The S3A connector (scripts/setup.sh puts it in .jars/s3/), for s3a:// and s3:// URLs.
+        .config("spark.driver.extraClassPath", os.path.join(jars_dir, "s3", "*"))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.driver.host", "127.0.0.1")

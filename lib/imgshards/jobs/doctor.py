@@ -3,16 +3,16 @@ from, and the versions of the native packages the jobs need. Exits 1 when an exe
 
     ./spark-submit.sh --profile standalone doctor [--min-executors 2]
 """
-from imgshards import cli
-from imgshards.environment import describe_python, executor_environments
+import sys
+
+from imgshards.jobs.contract import Job
+from imgshards.observe.doctor import describe_python, executor_environments
 
 
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
+def _arguments(parser):
     parser.add_argument("--min-executors", type=int, default=1, metavar="N",
                         help="wait (up to --timeout seconds) until N executors have registered (default 1)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for executors (default 120)")
-    return parser
 
 
 def run(spark, config, args, run_id):
@@ -33,5 +33,8 @@ def format_doctor(summary):
     return "\n".join(lines)
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("doctor", parse_args(argv), run, argv, stop_session=stop_session, formatter=format_doctor)
+JOB = Job("doctor", __doc__, run, add_arguments=_arguments, formatter=format_doctor)
+main = JOB.main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,23 +5,17 @@
 import sys
 from dataclasses import asdict
 
-from imgshards import cli
-from imgshards.export import run_export
-
-
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
-    cli.add_version_argument(parser)
-    return parser
+from imgshards.export.run import run_export
+from imgshards.jobs.contract import Job, add_version_argument
 
 
 def run(spark, config, args, run_id):
     return {"export": asdict(run_export(spark, config, run_id, args.as_of_version))}
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("export", parse_args(argv), run, argv, stop_session=stop_session)
-
+JOB = Job("export", __doc__, run, locations=("warehouse", "output"), workers_at_start=True,
+          add_arguments=add_version_argument)
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

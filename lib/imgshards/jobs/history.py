@@ -5,15 +5,14 @@ recorded in each commit.
 """
 import sys
 
-from imgshards import cli, tables
+from imgshards.delta import tables
+from imgshards.jobs.contract import Job
 from imgshards.schemas import TABLES
 
 
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
+def _arguments(parser):
     parser.add_argument("--table", choices=TABLES, action="append", help="table(s) to show (default: all)")
     parser.add_argument("--limit", type=int, default=20, help="latest versions per table (default 20)")
-    return parser
 
 
 def run(spark, config, args, run_id):
@@ -36,9 +35,9 @@ def format_history(summary):
     return "\n".join(lines)
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("history", parse_args(argv), run, argv, stop_session=stop_session, formatter=format_history)
-
+JOB = Job("history", __doc__, run, locations=("warehouse",), add_arguments=_arguments,
+          formatter=format_history)
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,20 +7,20 @@ import sys
 import time
 from dataclasses import asdict
 
-from imgshards import cli, metrics
-from imgshards.ingest import run_ingest, run_ingest_stream
+from imgshards.config import ConfigError
+from imgshards.ingest.run import run_ingest, run_ingest_stream
+from imgshards.jobs.contract import Job
+from imgshards.observe import metrics
 
 
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
+def _arguments(parser):
     parser.add_argument("--stream", action="store_true",
                         help="Structured Streaming over the input with a checkpoint (see ingest.stream.*)")
-    return parser
 
 
 def run(spark, config, args, run_id):
     if not config.input:
-        raise cli.ConfigError("input is not set: pass --input PATH or set input in the config file")
+        raise ConfigError("input is not set: pass --input PATH or set input in the config file")
     if not args.stream:
         counts = run_ingest(spark, config, config.input, run_id)
     else:
@@ -34,9 +34,8 @@ def run(spark, config, args, run_id):
     return {"input": config.input, "warehouse": config.warehouse, "ingest": asdict(counts)}
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("ingest", parse_args(argv), run, argv, stop_session=stop_session)
-
+JOB = Job("ingest", __doc__, run, locations=("input", "warehouse"), add_arguments=_arguments)
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,23 +5,17 @@
 import sys
 from dataclasses import asdict
 
-from imgshards import cli
-from imgshards.preprocess import run_preprocess
-
-
-def parse_args(argv=None):
-    parser = cli.base_parser(__doc__)
-    cli.add_version_argument(parser)
-    return parser
+from imgshards.jobs.contract import Job, add_version_argument
+from imgshards.preprocess.run import run_preprocess
 
 
 def run(spark, config, args, run_id):
-    return {"warehouse": config.warehouse, "preprocess": asdict(run_preprocess(spark, config, run_id, args.as_of_version))}
+    return {"warehouse": config.warehouse,
+            "preprocess": asdict(run_preprocess(spark, config, run_id, args.as_of_version))}
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("preprocess", parse_args(argv), run, argv, stop_session=stop_session)
-
+JOB = Job("preprocess", __doc__, run, locations=("warehouse",), add_arguments=add_version_argument)
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

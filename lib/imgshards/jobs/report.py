@@ -5,22 +5,21 @@ export's manifest and the newest run summaries (the pipeline writes it as its la
 """
 import sys
 
-from imgshards import cli
-from imgshards.report import write_report
-
-
-def parse_args(argv=None):
-    return cli.base_parser(__doc__)
+from imgshards.jobs.contract import Job
+from imgshards.observe.report import write_report
 
 
 def run(spark, config, args, run_id):
     return {"report": write_report(spark, config, run_id)}
 
 
-def main(argv=None, stop_session=True):
-    return cli.run_job("report", parse_args(argv), run, argv, stop_session=stop_session,
-                       formatter=lambda summary: f"report written: {summary['report']}")
+def format_report(summary):
+    return f"report written: {summary['report']}"
 
+
+JOB = Job("report", __doc__, run, locations=("warehouse", "output"), workers_at_start=True,
+          formatter=format_report)
+main = JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,170 @@
+"""Benchmark: peak memory of each job on the largest images the settings allow.
+
+Makes photos of exactly ``ingest.max_pixels`` pixels (hymenoptera photos upscaled; JPEG q90 and PNG, each
+from a different photo), many to a partition, and runs ``./spark-submit.sh`` ingest, preprocess with
+``pil``, preprocess with ``dali-cpu`` (on a copy of the warehouse) and export on the embedded default
+(local[*], one JVM that is driver and executor). While each job runs it samples the peak resident memory
+(VmHWM) of the JVM and of every Python worker in the job's process tree. Prints a Markdown table; run it
+with two ``--megapixels`` values to see how the peaks grow with the image size (README: sizing executors).
+
+    .venv/bin/python benchmarks/bench_memory.py [--megapixels 89.478485 24] [--jpeg 24] [--png 8]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from PIL import Image
+
+from imgshards.config import load_config
+
+from common import LAUNCHER, ROOT, SHARED_PHOTOS
+
+LAUNCHER = LAUNCHER
+
+
+class TreePeak:
+    """Peak VmHWM, in MB, of the JVM and of the largest Python worker among ``root``'s descendants."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.jvm = self.python = 0.0
+        self.workers: set = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _tree(self) -> list:
+        parents = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parents[int(pid)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+        tree, frontier = [self.root], [self.root]  # spark-submit execs the JVM: the root is the JVM
+        while frontier:
+            children = [pid for pid, parent in parents.items() if parent in frontier]
+            tree += children
+            frontier = children
+        return tree
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            for pid in self._tree():
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        command = f.read()
+                    with open(f"/proc/{pid}/status") as f:
+                        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+                except (OSError, StopIteration):
+                    continue
+                if command.startswith(b"java") or b"/bin/java" in command.split(b"\0")[0]:
+                    self.jvm = max(self.jvm, peak)
+                elif b"pyspark.daemon" in command or b"pyspark.worker" in command:
+                    self.python = max(self.python, peak)
+                    self.workers.add(pid)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_images(sources: list, target: str, pixels: int, jpegs: int, pngs: int) -> list:
+    """Photos of exactly ``pixels`` (or just under) pixels, 10:9 wide, each from another source photo."""
+    os.makedirs(target, exist_ok=True)
+    width = int((pixels * 10 / 9) ** 0.5)
+    height = pixels // width
+    sizes = []
+    for i in range(jpegs + pngs):
+        with Image.open(sources[i % len(sources)]) as photo:
+            big = photo.convert("RGB").resize((width, height), Image.BICUBIC)
+        fmt, ext, options = ("JPEG", "jpg", {"quality": 90}) if i < jpegs else ("PNG", "png", {"compress_level": 1})
+        out = io.BytesIO()
+        big.save(out, format=fmt, **options)
+        with open(os.path.join(target, f"big-{i:03d}.{ext}"), "wb") as f:
+            f.write(out.getvalue())
+        sizes.append(len(out.getvalue()))
+    return sizes
+
+
+def run_job(args: list, log: str, heap: str, timeout: float) -> tuple:
+    """One ``./spark-submit.sh`` job with a JVM heap of ``heap``: (seconds, JVM peak MB, Python worker
+    peak MB, Python workers). A job past ``timeout`` is killed: a JVM out of heap in the thread that feeds
+    a Python worker leaves its task waiting for ever."""
+    started = time.monotonic()
+    env = {**os.environ, "SPARK_SUBMIT_OPTS_EXTRA": f"--driver-memory {heap}"}
+    with open(log, "w") as out:
+        job = subprocess.Popen([LAUNCHER, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        with TreePeak(job.pid) as peak:
+            try:
+                job.wait(timeout)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                job.wait()
+    if job.returncode != 0:
+        kept = os.path.join(tempfile.gettempdir(), f"bench-memory-{args[0]}-failed.log")
+        shutil.copy(log, kept)
+        raise SystemExit(f"{args[0]} failed (exit {job.returncode}) with a {heap} heap; its log: {kept}")
+    return time.monotonic() - started, peak.jvm, peak.python, len(peak.workers)
+
+
+def args_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=SHARED_PHOTOS)
+    parser.add_argument("--megapixels", type=float, nargs="+",
+                        default=[load_config().ingest.max_pixels / 1e6, 24.0],
+                        help="image sizes to run, each also set as ingest.max_pixels (default: the default max_pixels, and 24)")
+    parser.add_argument("--jpeg", type=int, default=24, help="JPEG photos per size")
+    parser.add_argument("--png", type=int, default=8, help="PNG photos per size")
+    parser.add_argument("--heap", default="2g", help="JVM heap (local mode: driver and executor in one JVM)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds a job may take")
+    return parser
+
+
+def _main(argv=None) -> int:
+    args = args_parser().parse_args(argv)
+    sources = sorted(os.path.join(d, f) for d, _, fs in os.walk(args.source) for f in fs if f.endswith(".jpg"))
+    rows = []
+    for megapixels in args.megapixels:
+        pixels = int(megapixels * 1e6)
+        work = tempfile.mkdtemp(prefix="bench-memory-")
+        try:
+            sizes = make_images(sources, os.path.join(work, "raw"), pixels, args.jpeg, args.png)
+            common = ["--set", f"ingest.max_pixels={pixels}", "--set", f"workdir={json.dumps(work)}",
+                      "--set", "progress.interval_seconds=0"]
+            warehouse, dali = os.path.join(work, "warehouse"), os.path.join(work, "warehouse-dali")
+            jobs = [("ingest", ["ingest", "--input", os.path.join(work, "raw"), "--warehouse", warehouse]),
+                    ("preprocess, pil", ["preprocess", "--warehouse", warehouse]),
+                    ("preprocess, dali-cpu", ["preprocess", "--warehouse", dali, "--set", "preprocess.backend=dali-cpu"]),
+                    ("export", ["export", "--warehouse", warehouse, "--output", os.path.join(work, "shards")])]
+            for name, job in jobs:
+                if name == "preprocess, dali-cpu":
+                    shutil.copytree(warehouse, dali, ignore=shutil.ignore_patterns("processed"))
+                seconds, jvm, python, workers = run_job(job + common, os.path.join(work, "job.log"), args.heap, args.timeout)
+                rows.append((megapixels, len(sizes), max(sizes) / 1e6, name, seconds, jvm, python, workers))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{os.cpu_count()} cores, local[*], JVM heap {args.heap}; images of the size given, {args.jpeg} JPEG q90 "
+          f"+ {args.png} PNG each\n")
+    print("| image size | images | largest file | job | seconds | JVM peak RSS | peak RSS per Python worker | Python workers |")
+    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for megapixels, count, largest, name, seconds, jvm, python, workers in rows:
+        print(f"| {megapixels:.1f} Mpx | {count} | {largest:.1f} MB | {name} | {seconds:.0f} | {jvm:.0f} MB "
+              f"| {python:.0f} MB | {workers} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

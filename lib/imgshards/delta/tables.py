@@ -1,0 +1,288 @@
+"""Delta table helpers: create-if-missing, idempotent MERGE with commit metadata, versioned reads."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import time
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructField, StructType
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Delta's commit conflicts (optimistic concurrency): another writer committed something this transaction
+# read. Matched by the Java class name as well, for runtimes whose Python package does not convert them.
+CONFLICT_ATTEMPTS = 6
+CONFLICT_BASE_DELAY_S = 0.5
+
+
+_CONFLICTS = ("DeltaConcurrentModificationException", "MetadataChangedException", "ProtocolChangedException")
+
+
+def is_conflict(e: BaseException) -> bool:
+    name = type(e).__name__
+    return name.startswith("Concurrent") or name in _CONFLICTS or "io.delta.exceptions." in str(e)
+
+
+def retry_on_conflict(what: str, attempt: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Run ``attempt`` until it commits without a Delta conflict: after a conflict (nothing of the failed
+    transaction is visible) wait with exponential backoff and jitter, then run it again from a fresh read.
+    ``attempt`` must recompute what it writes from the table's latest version."""
+    for n in range(1, attempts + 1):
+        try:
+            return attempt()
+        except Exception as e:
+            if not is_conflict(e) or n == attempts:
+                raise
+            delay = CONFLICT_BASE_DELAY_S * 2 ** (n - 1) * (1 + random.random())
+            log.warning("%s: another writer committed first (%s); retrying from the new version in %.1f s "
+                        "(attempt %d of %d)", what, type(e).__name__, delay, n + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class TableVersionError(ValueError):
+    """A Delta version that the table does not have; or a table that lacks columns this version writes."""
+
+
+# A join side of up to this many metadata rows (a few hundred bytes each) is broadcast, so that the other
+# side, which carries image bytes, is not shuffled (616 MB for 5,161 photos); beyond it, a shuffle join.
+BROADCAST_ROWS = 1_000_000
+
+_USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+_CREATED_HERE: set = set()  # tables this process created (empty, at version 0)
+
+
+def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTable:
+    """Return the Delta table at ``path``, creating it empty with ``schema`` if it does not exist."""
+    def create() -> None:
+        if not DeltaTable.isDeltaTable(spark, path):
+            log.info("creating Delta table %s", path)
+            # A metadata-only first commit (no empty Parquet file, no write job): 0.4 s against 1.4 s for
+            # writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
+            nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
+            DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
+            _CREATED_HERE.add(path)
+
+    retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
+    table = DeltaTable.forPath(spark, path)
+    missing = [name for name in schema.fieldNames() if name not in table.toDF().columns]
+    if missing:
+        raise TableVersionError(f"{path} was written by an older imgshards and lacks the columns {missing}; "
+                                f"move it aside (processed is remade from images by the next preprocess)")
+    return table
+
+
+def latest_version(spark: SparkSession, path: str) -> int:
+    """The table's latest version. Asked of open-source Delta's transaction log in the JVM (about 10 ms, no
+    Spark job); where that class is not there (Databricks ships Delta under other names), or where there is
+    no table (the log says -1), from the table's history (a Spark job, about 0.3 s; it raises for no table)."""
+    version = -1
+    try:
+        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+        none = spark._jvm.scala.Option.empty()
+        version = int(delta_log.update(False, none, none).version())
+    except Exception as e:
+        log.debug("Delta log of %s not asked directly (%s); reading its history", path, type(e).__name__)
+    if version >= 0:
+        return version
+    return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
+
+
+def _commit_files(spark: SparkSession, path: str) -> Optional[tuple]:
+    """(pyarrow file system, {version: commit file}) of the table at ``path`` from one listing of its
+    ``_delta_log`` (no Spark job, no log replay; empty when there is no table); None where pyarrow does not
+    reach the storage (gs://, abfss://)."""
+    import pyarrow.fs as pafs
+
+    from imgshards.io import storage
+
+    try:
+        fs, root = storage.arrow_fs(spark, path.rstrip("/") + "/_delta_log")
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (OSError, ValueError):
+        return None
+    return fs, {int(i.base_name[:-5]): i.path for i in infos
+                if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()}
+
+
+def log_version(spark: SparkSession, path: str) -> Optional[int]:
+    """The latest version of the Delta table at ``path`` from one listing of its ``_delta_log``; None when
+    there is no table, or where pyarrow does not reach the storage (the report then says unknown)."""
+    found = _commit_files(spark, path)
+    return max(found[1]) if found and found[1] else None
+
+
+def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
+    """Read a Delta table, at ``as_of_version`` or the latest; returns the DataFrame and the version read."""
+    if not DeltaTable.isDeltaTable(spark, path):
+        raise FileNotFoundError(f"no Delta table at {path}; run the stage that creates it first")
+    latest = latest_version(spark, path)
+    version = latest if as_of_version is None else as_of_version
+    if not 0 <= version <= latest:
+        raise TableVersionError(f"--as-of-version {version} does not exist for {path} (latest is {latest})")
+    return spark.read.format("delta").option("versionAsOf", version).load(path), version
+
+
+@contextlib.contextmanager
+def temporary_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Set a Spark SQL setting for the block, then put back what was there."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+# File scan tasks per core of the stages that run Python over table rows: images differ in cost, and one task
+# left alone at the end idles the other cores. Spark's own floor is one task per core, and a table's files
+# of up to 128 MB each are packed together below that.
+SCAN_TASKS_PER_CORE = 4
+
+
+def spread_scans(spark: SparkSession):
+    """File scans planned inside the block split into at least SCAN_TASKS_PER_CORE tasks per core (as far as
+    the files' row groups allow)."""
+    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    return temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks)
+
+
+def commit_metadata(spark: SparkSession, metadata: dict):
+    """Attach ``metadata`` (JSON) as Delta commit user metadata to every commit made inside the block."""
+    return temporary_conf(spark, _USER_METADATA_CONF, json.dumps(metadata, sort_keys=True, default=str))
+
+
+def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, read_version: int,
+           keys: Sequence[str], run_id: str) -> int:
+    """Append ``rows`` (new keys, by the caller's anti-join against version ``read_version``) to the table:
+    about 6x cheaper than a MERGE, which would scan the target for keys the caller already excluded.
+
+    A blind append cannot conflict in Delta, so when another writer committed since ``read_version`` the
+    keys both wrote are resolved here: every writer keeps, for a repeated key, the row of the smallest run
+    id and deletes the others (a DELETE that Delta serializes; conflicts retried). Concurrent writers reach
+    the same result in any order. Returns the version written."""
+    rows.select(*schema.fieldNames()).write.format("delta").mode("append").save(path)
+    written = latest_version(spark, path)
+    if written != read_version + 1:
+        retry_on_conflict(f"{path}: repeated keys", lambda: _drop_repeated_keys(spark, path, keys, run_id))
+    return written
+
+
+def _drop_repeated_keys(spark: SparkSession, path: str, keys: Sequence[str], run_id: str) -> None:
+    table = spark.read.format("delta").load(path)
+    mine = table.filter(F.col("run_id") == run_id).select(*keys)
+    repeated = (table.join(mine, list(keys), "left_semi").groupBy(*keys)
+                .agg(F.min("run_id").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").persist())
+    try:
+        n = repeated.count()
+        if n:
+            condition = " AND ".join(f"t.`{k}` = r.`{k}`" for k in keys)
+            DeltaTable.forPath(spark, path).alias("t").merge(repeated.alias("r"), condition) \
+                .whenMatchedDelete(condition="t.run_id <> r.keep").execute()
+            log.warning("%s: another writer appended %d of the same keys at the same time; the rows of the "
+                        "earliest run id were kept", path, n)
+    finally:
+        repeated.unpersist()
+
+
+def upsert(
+    spark: SparkSession,
+    path: str,
+    schema: StructType,
+    rows: DataFrame,
+    keys: Sequence[str],
+    *,
+    update_when: Optional[str] = None,
+    check_first: bool = False,
+    run_id: Optional[str] = None,
+) -> int:
+    """MERGE ``rows`` into the table at ``path`` keyed on ``keys``: insert new keys; update matched rows
+    when ``update_when`` (a condition on ``t``/``s``) holds, or never when it is None. Re-running with the
+    same rows changes nothing. Returns the rows inserted + updated (from the commit's metrics).
+
+    ``check_first``: count the rows the MERGE would insert or update with one join first, and skip the
+    MERGE when there are none (a MERGE that changes nothing still plans, scans and checks for conflicts:
+    several Spark jobs). For small sources that are cheap to compute twice (quarantine, duplicates).
+
+    ``run_id`` (the rows' run_id column): when this process has just created the table (still at its empty
+    version 0), the rows are appended instead (see :func:`append`; a concurrent writer's same keys are
+    resolved there). Not for tables whose rows must also be checked against each other (images)."""
+    table = ensure_table(spark, path, schema)
+    before = latest_version(spark, path)
+    if run_id is not None and before == 0 and path in _CREATED_HERE:
+        rows = rows.persist()
+        try:
+            append(spark, path, schema, rows, before, keys, run_id)
+            return rows.count()
+        finally:
+            rows.unpersist()
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    if check_first:
+        target = table.toDF().alias("t")
+        changes = F.col(f"t.`{keys[0]}`").isNull()
+        if update_when is not None:
+            changes = changes | F.expr(update_when)
+        if rows.alias("s").join(target, F.expr(condition), "left").filter(changes).limit(1).count() == 0:
+            return 0
+    merge = table.alias("t").merge(rows.select(*schema.fieldNames()).alias("s"), condition)
+    if update_when is not None:
+        merge = merge.whenMatchedUpdateAll(condition=update_when)
+    merge.whenNotMatchedInsertAll().execute()
+    metrics = table.history(1).select("version", "operation", "operationMetrics").head()
+    if metrics["version"] == before or metrics["operation"] != "MERGE":
+        return 0  # Delta commits nothing when a MERGE has nothing to do
+    m = metrics["operationMetrics"] or {}
+    return int(m.get("numTargetRowsInserted", 0)) + int(m.get("numTargetRowsUpdated", 0))
+
+
+def history(spark: SparkSession, path: str, limit: int = 20) -> list:
+    """The latest ``limit`` versions of the table: version, timestamp, operation, and our commit metadata
+    (run id, job, config fingerprint, counts) parsed from the user metadata. Read from the newest commit files
+    themselves, as Delta's DESCRIBE HISTORY does, but without its Spark jobs and log replay (the report
+    asks this of four tables); where pyarrow does not reach the storage, from DESCRIBE HISTORY."""
+    found = _commit_files(spark, path)
+    if found is None:
+        return _described_history(spark, path, limit)
+    fs, files = found
+    out = []
+    for version in sorted(files, reverse=True)[:limit]:
+        try:
+            with fs.open_input_stream(files[version]) as f:
+                actions = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+        except FileNotFoundError:  # removed by the log's clean-up since the listing
+            continue
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        timestamp = dt.datetime.fromtimestamp(info["timestamp"] / 1000) if "timestamp" in info else None
+        out.append(_history_row(version, timestamp, info.get("operation"), info.get("userMetadata"),
+                                info.get("operationMetrics")))
+    return out
+
+
+def _described_history(spark: SparkSession, path: str, limit: int) -> list:
+    if not DeltaTable.isDeltaTable(spark, path):
+        return []
+    rows = DeltaTable.forPath(spark, path).history(limit).select(
+        "version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
+    return [_history_row(r["version"], r["timestamp"], r["operation"], r["userMetadata"], r["operationMetrics"])
+            for r in rows]
+
+
+def _history_row(version: int, timestamp: Optional[dt.datetime], operation: Optional[str],
+                 user_metadata: Optional[str], metrics: Optional[dict]) -> dict:
+    try:
+        metadata = json.loads(user_metadata) if user_metadata else {}
+    except ValueError:
+        metadata = {"userMetadata": user_metadata}
+    return {"version": version, "timestamp": timestamp.isoformat() if timestamp else None, "operation": operation,
+            "metrics": dict(metrics or {}), **metadata}

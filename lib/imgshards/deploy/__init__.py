@@ -1,0 +1,1 @@
+"""Job definitions for Databricks, EMR and Kubernetes generated from one contract (deploy/contract.yaml)."""

@@ -1,0 +1,1 @@
+"""Ingest: raw image files -> the Delta tables images, quarantine and duplicates (:mod:`.run` for the entry points)."""

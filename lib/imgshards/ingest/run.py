@@ -1,0 +1,127 @@
+"""Ingest: image files under an input path -> Delta tables ``images``, ``quarantine`` and ``duplicates``.
+
+Every file seen ends up in exactly one bucket of :class:`~imgshards.ingest.counts.IngestCounts`; the run
+fails if they do not add up. Only headers are read for format and size; the optional perceptual hash decodes
+JPEGs at 1/8 scale. Batch (:func:`run_ingest`) and streaming (:func:`run_ingest_stream`) apply the same
+per-batch logic (:func:`~imgshards.ingest.batch.ingest_batch`): one pass over the bytes
+(:mod:`~imgshards.ingest.read`), one aggregation for the buckets, then MERGEs keyed on path of only what
+changes (:mod:`~imgshards.ingest.write`), so re-runs and replays add nothing twice.
+
+The package's modules, in the order a batch meets them: :mod:`.rules` (the pure per-file rules: hidden, not an
+image, label and group from the path, split), :mod:`.labels` (a labels file), :mod:`.read` (the listing and the
+probe pass), :mod:`.batch`, :mod:`.write` (buckets and MERGEs), :mod:`.near_duplicates` (clusters kept in one
+split), :mod:`.state` (what lets a re-run with nothing new skip reading), :mod:`.counts`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+from urllib.parse import urlparse
+
+from pyspark.sql import DataFrame, SparkSession
+
+from imgshards.config import PipelineConfig, join_path
+from imgshards.ingest import state as ingest_state
+from imgshards.ingest.batch import ingest_batch
+from imgshards.ingest.counts import IngestCounts
+from imgshards.ingest.labels import labels_report, read_labels_file
+from imgshards.ingest.read import listed_files, read_files
+from imgshards.ingest.rules import has_extension, is_hidden
+from imgshards.ingest.write import mark_deleted
+from imgshards.io import storage
+from imgshards.observe import progress
+from imgshards.runtime import workers
+
+log = logging.getLogger(__name__)
+
+
+def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
+    """Ingest every image under ``input_root`` (batch); returns the counts (already checked to add up)."""
+    ingest = config.ingest
+    listing = list(storage.list_files(spark, input_root))
+    skipped_hidden = skipped_non_image = 0
+    rejected, candidates = [], {}
+    for f in listing:
+        if is_hidden(f.relative):
+            skipped_hidden += 1
+        elif not has_extension(f.relative, ingest.extensions):
+            skipped_non_image += 1
+        elif f.size_bytes == 0:
+            # Spark's file scan skips empty files, so they are accounted for from the listing.
+            rejected.append((f.path, 0, "zero_byte", "0 bytes"))
+        else:
+            candidates[f.path] = f.size_bytes
+    log.info("listed %d files under %s: %d image candidates", len(listing), input_root, len(candidates))
+    base = storage.qualify(spark, input_root).rstrip("/")
+    digest = before = None
+    if ingest_state.in_use(config):
+        digest = ingest_state.listing_digest(spark, config, base, listing)
+        unchanged = ingest_state.unchanged_counts(spark, config, base, digest)
+        if unchanged is not None:
+            log.info("nothing changed under %s since the last ingest (listing, settings, tables): no file read", base)
+            return unchanged
+        before = ingest_state.table_versions(spark, config)
+    workers.start_once(spark)  # while the driver reads the labels and opens the tables
+    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
+    # Local files: the pass takes the listing as it is (the workers read the files); elsewhere Spark's reader.
+    files = listed_files(spark, candidates) if urlparse(base).scheme == "file" else read_files(spark, input_root, config)
+    with progress.stage("ingest", images=len(candidates)):
+        counts = ingest_batch(spark, config, files, base, run_id, rejected=rejected, labels=labels, listed=candidates)
+    if counts.seen - len(rejected) < len(candidates):
+        raise RuntimeError(f"listed {len(candidates)} image files under {input_root} but accounted for "
+                           f"{counts.seen - len(rejected)}")
+    counts.seen += skipped_hidden + skipped_non_image
+    counts.skipped_hidden, counts.skipped_non_image = skipped_hidden, skipped_non_image
+    counts.check()
+    if labels is not None:
+        counts.labels_report.update(labels_report(spark, config, labels, [f.relative for f in listing]))
+        labels.unpersist()
+    if ingest.missing == "mark_deleted":
+        counts.marked_deleted = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
+    if digest is not None:
+        try:
+            ingest_state.record(spark, config, base, digest, before, counts, run_id)
+        except Exception as e:
+            log.warning("ingest state of %s not written (%s): the next run reads every file", base, e)
+    return counts
+
+
+def checkpoint_path(config: PipelineConfig) -> str:
+    return config.ingest.stream.checkpoint or join_path(config.warehouse, "_checkpoints", "ingest")
+
+
+def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str,
+                      on_batch: Optional[Callable[[IngestCounts], None]] = None) -> IngestCounts:
+    """Structured Streaming over ``input_root`` with a checkpoint: each micro-batch goes through
+    :func:`ingest_batch` (the same MERGE), so after a restart every file is in the table exactly once.
+    ``on_batch(totals)`` is called after every micro-batch with the running totals (metrics).
+
+    With ``ingest.stream.trigger: available_now`` it drains what is there and returns; with an interval
+    it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see README).
+    """
+    storage.require_dir(spark, input_root)
+    workers.start_once(spark)
+    ingest = config.ingest
+    base = storage.qualify(spark, input_root).rstrip("/")
+    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
+    totals = IngestCounts()
+
+    def each_batch(batch: DataFrame, batch_id: int) -> None:
+        counts = ingest_batch(spark, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
+        log.info("stream batch %d: %s", batch_id, counts)
+        totals.add(counts)
+        if on_batch is not None:
+            on_batch(totals)
+
+    writer = (
+        read_files(spark, input_root, config, stream=True).writeStream
+        .foreachBatch(each_batch)
+        .option("checkpointLocation", checkpoint_path(config))
+        .queryName(f"imgshards-ingest-{run_id}")
+    )
+    trigger = ingest.stream.trigger
+    writer = writer.trigger(availableNow=True) if trigger == "available_now" else writer.trigger(processingTime=trigger)
+    query = writer.start()
+    query.awaitTermination()
+    totals.check()
+    return totals

@@ -1,0 +1,72 @@
+"""What Python the driver and each executor run, asked from inside Spark tasks.
+
+On a cluster the executors must run the packed environment (``--archives ...#environment``), not whatever
+Python a node happens to have: :func:`executor_environments` runs tasks until every executor has answered
+and reports, per executor, its interpreter, ``sys.prefix``, where ``imgshards`` was imported from and the
+versions of the native packages the jobs need.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import time
+
+from pyspark.sql import SparkSession
+
+# Imported by the jobs on executors (DALI only for the DALI backends and augmentation).
+REQUIRED_MODULES = ("imgshards", "numpy", "pandas", "pyarrow", "PIL", "petastorm", "cv2", "yaml")
+OPTIONAL_MODULES = ("nvidia.dali",)
+
+
+def describe_python() -> dict:
+    """This process's Python: interpreter, prefix, working directory, and each module's version and file
+    (``None`` for a module that does not import)."""
+    modules = {}
+    for name in REQUIRED_MODULES + OPTIONAL_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            modules[name] = None
+            continue
+        modules[name] = {"version": str(getattr(module, "__version__", "")), "file": getattr(module, "__file__", None)}
+    cwd = os.getcwd()
+    environment = os.path.join(cwd, "environment")
+    return {
+        "host": socket.gethostname(),
+        "cwd": cwd,
+        "executable": sys.executable,
+        "prefix": sys.prefix,
+        "python": ".".join(map(str, sys.version_info[:3])),
+        # True where this process runs the archive Spark unpacked into its working directory.
+        "packed_environment": os.path.realpath(sys.prefix) == os.path.realpath(environment),
+        "modules": modules,
+        "missing": [name for name in REQUIRED_MODULES if modules[name] is None],
+    }
+
+
+def _registered_executors(spark: SparkSession) -> int:
+    # Block managers of the executors plus the driver's own.
+    return spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
+
+
+def executor_environments(spark: SparkSession, min_executors: int = 1, timeout_s: float = 120.0) -> list:
+    """One :func:`describe_python` per executor (keyed by its working directory), after waiting up to
+    ``timeout_s`` for ``min_executors`` executors to register; raises TimeoutError if they do not."""
+    deadline = time.monotonic() + timeout_s
+    while _registered_executors(spark) < min_executors:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {_registered_executors(spark)} of {min_executors} executors registered "
+                               f"within {timeout_s:g} s")
+        time.sleep(0.5)
+
+    def probe(_):
+        time.sleep(0.2)  # long enough that every executor's cores take tasks
+        yield describe_python()
+
+    tasks = max(4 * spark.sparkContext.defaultParallelism, 2 * min_executors)
+    by_executor = {}
+    for facts in spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(probe).collect():
+        by_executor.setdefault(facts["cwd"], facts)
+    return [by_executor[key] for key in sorted(by_executor)]
