@@ -1,6 +1,6 @@
 """Fixtures: one local[2] Spark session with Delta for the whole run, the S3 server, test credentials, and
 the Spark-free tier: every test that uses no Spark fixture and starts no Spark is marked ``fast``
-(``scripts/test.sh -m fast``)."""
+(``scripts/test.sh --fast``)."""
 from __future__ import annotations
 
 import os

@@ -49,7 +49,7 @@ def test_pipeline_on_embedded_default(tmp_path):
     # Where the time went, from the run's event log: every Spark job in one of the stages or beside them
     # (the workers' start, the report gathered during export), and the stages (with the time before the
     # first job and after the last) make up the application's wall time.
-    profile = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "profile_run.py"), str(events), "--json"],
+    profile = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_run.py"), str(events), "--json"],
                              capture_output=True, text=True, check=True)
     run = json.loads(profile.stdout)
     by_stage = {row["stage"]: row for row in run["stages"]}

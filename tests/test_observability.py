@@ -322,6 +322,7 @@ def test_report_says_what_is_wrong_with_a_degenerate_dataset(spark, tmp_path, ca
         assert page["counts"]["images"] == "3"
 
 
+@pytest.mark.spark
 def test_spark_serves_its_own_prometheus_endpoints(tmp_path):
     """The settings every profile gets (spark-defaults.conf) turn on Spark's Prometheus servlet and executor
     metrics: a session started with its UI on serves both."""

@@ -389,7 +389,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin is typing.Union:  # Optional[X]
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return None if value is None else _coerce(key, value, args[0])
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return _build(annotation, value, prefix=key + ".")

@@ -95,20 +95,20 @@ def _random_resized_crop(rng: np.random.Generator, width: int, height: int, scal
         w, h = int(round(height * ratio_max)), height
     else:
         w, h = width, height
-    left, top = (width - w) / 2.0, (height - h) / 2.0
-    return (left, top, left + w, top + h)
+    x, y = (width - w) / 2.0, (height - h) / 2.0
+    return (x, y, x + w, y + h)
 
 
 def dali_inputs(params: Optional[AugmentParams], geo: Geometry, width: int, height: int, size: int) -> dict:
-    """The per-sample inputs of the DALI graph (see dali_backend.INPUTS) for one image."""
+    """The per-sample inputs of the DALI graph (see imgshards.imaging.dali.INPUTS) for one image."""
     if params is not None:
         geo = params.geometry
     left, top, right, bottom = geo.relative_box(width, height)
     f32 = np.float32
-    inputs = {
-        "roi_start": f32([top, left]),
-        "roi_end": f32([bottom, right]),
-        "out_size": f32([geo.resized[1], geo.resized[0]]),
+    inputs: dict = {
+        "roi_start": np.array([top, left], f32),
+        "roi_end": np.array([bottom, right], f32),
+        "out_size": np.array([geo.resized[1], geo.resized[0]], f32),
         # fn.crop's anchor is crop_pos * (input - crop); the letterbox offset is a negative anchor.
         "crop_pos_x": f32(geo.offset[0] / (size - geo.resized[0]) if geo.resized[0] < size else 0.5),
         "crop_pos_y": f32(geo.offset[1] / (size - geo.resized[1]) if geo.resized[1] < size else 0.5),

@@ -146,9 +146,10 @@ def decode_error(e: Exception) -> ImageError:
 def probe(data: bytes, max_pixels: int) -> ImageInfo:
     """Read format and size from the header (no pixel decode). Raises :class:`ImageError`."""
     img = open_image(data, max_pixels)
-    if _looks_truncated(data, img.format):
-        raise ImageError("truncated", f"{img.format} stream has no end marker")
-    return ImageInfo(format=img.format, width=img.size[0], height=img.size[1], mode=img.mode)
+    fmt = img.format or ""  # open_image admits only the SUPPORTED_FORMATS
+    if _looks_truncated(data, fmt):
+        raise ImageError("truncated", f"{fmt} stream has no end marker")
+    return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -205,7 +206,7 @@ def resize_to(img: Image.Image, size: int, mode: str = "crop", pad_value: int = 
     geo = geometry(width, height, size, mode)
     sx, sy = img.size[0] / width, img.size[1] / height
     left, top, right, bottom = geo.box
-    resized = img.resize(geo.resized, Image.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy),
+    resized = img.resize(geo.resized, Image.Resampling.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy),
                          reducing_gap=REDUCING_GAP)
     if geo.resized == (size, size):
         return resized

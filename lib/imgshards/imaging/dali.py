@@ -55,7 +55,7 @@ def graph(encoded, inputs: dict, spec: GraphSpec):
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
-    kwargs = {}
+    kwargs: dict = {}
     if spec.device_id is not None:
         kwargs = {"device_memory_padding": DEVICE_MEMORY_PADDING, "host_memory_padding": HOST_MEMORY_PADDING}
     images = fn.decoders.image(encoded, device="cpu" if spec.device_id is None else "mixed",
@@ -102,7 +102,7 @@ def run(encoded: Sequence[bytes], inputs: Sequence[dict], spec: GraphSpec) -> li
     """Run the graph over encoded images with their per-sample ``inputs`` (dicts holding at least
     ``spec.inputs``); returns size x size x 3 uint8 arrays in host memory."""
     pipe = _pipeline(spec)
-    results = []
+    results: list = []
     for start in range(0, len(encoded), MAX_BATCH):
         chunk = [np.frombuffer(data, dtype=np.uint8) for data in encoded[start : start + MAX_BATCH]]
         try:

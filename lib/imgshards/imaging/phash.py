@@ -20,7 +20,7 @@ def perceptual_hash(data: bytes, max_pixels: int) -> int:
         img.load()
         img = ImageOps.exif_transpose(img)
         gray = img if img.mode == "L" else to_rgb(img).convert("L")
-        small = gray.resize((9, 8), Image.BILINEAR)
+        small = gray.resize((9, 8), Image.Resampling.BILINEAR)
     except Exception as e:
         raise decode_error(e) from e
     px = np.asarray(small, dtype=np.int16)
