@@ -104,7 +104,7 @@ def spark_submit_conf(parameters: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate deploy/ from deploy/contract.yaml")
-    parser.add_argument("--deploy-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "deploy"))
+    parser.add_argument("--deploy-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "deploy"))
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a file differs")
     args = parser.parse_args(argv)
     contract = load_contract(os.path.join(args.deploy_dir, "contract.yaml"))
