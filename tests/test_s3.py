@@ -16,8 +16,9 @@ import pytest
 
 from imgshards.config import load_config
 from imgshards.io.filesystems import s3_filesystem
-from imgshards.jobs import contract as cli
+from imgshards.jobs import get_job
 from imgshards.jobs import ingest as ingest_job
+from imgshards.jobs.contract import prepare_storage
 from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import make_dataloader, read_manifest
@@ -85,7 +86,7 @@ def s3_pipeline(spark, s3, s3_endpoint, raw_in_s3, tmp_path_factory):
     raw, manifest = raw_in_s3
     config = s3_config(s3_endpoint, input=raw, warehouse="s3a://lake/delta", output="s3a://lake/shards",
                        workdir=str(tmp_path_factory.mktemp("work")))
-    cli.prepare_storage(spark, config, "pipeline")
+    prepare_storage(spark, config, get_job("pipeline").locations)
     summary = run_pipeline(spark, config, "s3-run")
     return config, summary, manifest
 
@@ -113,7 +114,7 @@ def test_reference_content_reads_the_sources_from_s3_in_the_python_workers(spark
     raw, manifest = raw_in_s3
     config = s3_config(s3_endpoint, warehouse=str(tmp_path / "warehouse"), workdir=str(tmp_path))
     config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, content="reference"))
-    cli.prepare_storage(spark, dataclasses.replace(config, input=raw), "ingest")
+    prepare_storage(spark, dataclasses.replace(config, input=raw), get_job("ingest").locations)
     assert run_ingest(spark, config, raw, "ref").ingested == manifest.images
     images = spark.read.format("delta").load(config.table_path("images"))
     assert images.filter("content IS NOT NULL").count() == 0
@@ -158,7 +159,7 @@ def test_input_in_s3_with_local_outputs(spark, s3_endpoint, raw_in_s3, tmp_path)
     raw, manifest = raw_in_s3
     config = s3_config(s3_endpoint, input=raw, warehouse=str(tmp_path / "delta"), output=str(tmp_path / "shards"),
                        workdir=str(tmp_path))
-    cli.prepare_storage(spark, config, "pipeline")
+    prepare_storage(spark, config, get_job("pipeline").locations)
     summary = run_pipeline(spark, config, "s3-to-local")
     assert summary["ingest"]["seen"] == manifest.files == accounted(summary["ingest"])
     loader = make_dataloader(str(tmp_path / "shards"), "train", 8, shuffle=False, workers=1)
@@ -171,7 +172,7 @@ def test_streaming_ingest_from_a_bucket(spark, s3, s3_endpoint, raw_in_s3, tmp_p
     raw, manifest = raw_in_s3
     s3[1]("lake")
     config = s3_config(s3_endpoint, input=raw, warehouse="s3a://lake/stream-delta", workdir=str(tmp_path))
-    cli.prepare_storage(spark, config, "ingest")
+    prepare_storage(spark, config, get_job("ingest").locations)
     counts = run_ingest_stream(spark, config, raw, "stream-1")
     # Spark's streaming file source does not show hidden files (README: a batch run counts them).
     assert counts.ingested == manifest.images
@@ -381,7 +382,7 @@ def test_an_object_gone_between_listing_and_reading_is_quarantined_as_unreadable
 
     monkeypatch.setattr(ingest_module, "read_files", read_then_delete)
     config = s3_config(s3_endpoint, input="s3a://vanishing/raw", warehouse=str(tmp_path / "delta"), workdir=str(tmp_path))
-    cli.prepare_storage(spark, config, "ingest")
+    prepare_storage(spark, config, get_job("ingest").locations)
     counts = ingest_module.run_ingest(spark, config, config.input, "vanish")
     assert counts.seen == manifest.files == accounted(dataclasses.asdict(counts))
     assert counts.quarantine_reasons.get("unreadable") == 1

@@ -136,6 +136,9 @@ def prepare_storage(spark, config: PipelineConfig, locations: Sequence[str]) -> 
     """Point S3A at the configured endpoint, then check that every object-store location of ``locations``
     (config keys: input, warehouse, output) can be reached, so a wrong endpoint, bucket or credential fails at
     start naming the URL and the cause."""
+    unknown = set([locations] if isinstance(locations, str) else locations) - set(LOCATIONS)
+    if unknown:  # a job name passed by mistake would otherwise be checked letter by letter
+        raise ValueError(f"unknown locations {sorted(unknown)}; known: {LOCATIONS}")
     storage.configure_hadoop(spark, config)
     for name in locations:
         url = getattr(config, name)
