@@ -5,7 +5,7 @@ from a different photo), many to a partition, and runs ``./spark-submit.sh`` ing
 ``pil``, preprocess with ``dali-cpu`` (on a copy of the warehouse) and export on the embedded default
 (local[*], one JVM that is driver and executor). While each job runs it samples the peak resident memory
 (VmHWM) of the JVM and of every Python worker in the job's process tree. Prints a Markdown table; run it
-with two ``--megapixels`` values to see how the peaks grow with the image size (README: sizing executors).
+with two ``--megapixels`` values to see how the peaks grow with the image size (docs/reliability.md: sizing executors).
 
     .venv/bin/python benchmarks/bench_memory.py [--megapixels 89.478485 24] [--jpeg 24] [--png 8]
 """

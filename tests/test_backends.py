@@ -18,7 +18,7 @@ from imgshards.preprocess.transform import Placement, place, process_series
 from helpers import shared_dataset
 
 pytest.importorskip("nvidia.dali")
-needs_gpu = pytest.mark.skipif(not cuda_usable(0), reason="no CUDA device (run on a GPU machine: README, GPUs)")
+needs_gpu = pytest.mark.skipif(not cuda_usable(0), reason="no CUDA device (run on a GPU machine: docs/preprocessing.md)")
 
 # Mean absolute difference allowed between backends, in 8-bit levels, on PNG output: the two resize
 # kernels (Pillow's cubic with reducing_gap vs DALI's antialiased cubic) differ slightly.

@@ -98,7 +98,7 @@ def test_streaming_ingest_killed_mid_batch_restarts_from_its_checkpoint(spark, t
     assert again.returncode == 0, again.stderr[-3000:]
     paths = every_file_once(spark, str(tmp_path / "warehouse"))
     assert max(paths.values()) == 1, [p for p, n in paths.items() if n > 1]
-    # Streaming cannot see zero-byte files, hidden files and non-images are never rows (README).
+    # Streaming cannot see zero-byte files, hidden files and non-images are never rows (docs/ingest.md).
     skipped = sum(1 for _, _, names in os.walk(raw) for n in names if n.startswith(".") or n.endswith((".txt", ".json")))
     zero = sum(1 for d, _, names in os.walk(raw) for n in names if os.path.getsize(os.path.join(d, n)) == 0)
     assert len(paths) == files - skipped - zero

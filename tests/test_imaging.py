@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 
 import fuzzing
 import numpy as np
@@ -10,6 +12,8 @@ from PIL import Image
 
 from imgshards import imaging
 from imgshards.sample import png_header_only
+
+from helpers import ROOT
 
 MAX_PIXELS = 89_478_485
 
@@ -225,7 +229,13 @@ def test_damaged_bytes_raise_with_reason(data, reason):
     assert probe_error.value.detail
     with pytest.raises(imaging.ImageError) as process_error:
         imaging.process(data, size=32)
-    assert process_error.value.reason in imaging.QUARANTINE_REASONS
+    assert process_error.value.reason == reason  # ingest and preprocess quarantine the same file alike
+
+
+def test_every_quarantine_reason_is_documented():
+    page = open(os.path.join(ROOT, "docs", "outputs.md"), encoding="utf-8").read()
+    documented = set(re.findall(r"^\| `(\w+)` \|", page.split("Quarantine reasons:", 1)[1].split("\n#", 1)[0], re.M))
+    assert documented == set(imaging.QUARANTINE_REASONS)
 
 
 def test_truncated_jpeg_fails_in_process_too():

@@ -15,8 +15,8 @@ _LEVELS = np.arange(256, dtype=np.int64)
 def _channel_sums(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body: per-channel sum and sum of squares of the 0..255 pixel values, and pixel count.
     Integers, so the totals (and the statistics) do not depend on how rows fell into partitions. From a
-    histogram per channel (imaging.channel_histogram): 0.4 ms a 224 px JPEG with its decode, where summing
-    int64 copies of the pixels took 1.8 ms."""
+    histogram per channel (imaging.channel_histogram), several times cheaper than summing int64 copies of the
+    pixels."""
     histogram = np.zeros((3, 256), np.int64)
     for batch in batches:
         for data in batch["image"]:

@@ -54,7 +54,7 @@ def ingest_batch(
     )
     if "content" not in files.columns or urlparse(base).scheme == "file":
         # Local files are read by the Python workers themselves: the bytes do not cross from the JVM through
-        # Arrow (on 5,161 photos the pass took 7.8 s instead of 8.5). Object stores go through Spark's reader
+        # Arrow, which makes the pass faster. Object stores go through Spark's reader
         # and its credentials.
         probed = readable.select("path", "length").mapInPandas(probe, PROBED_SCHEMA)
     else:
@@ -80,8 +80,8 @@ def ingest_batch(
         read = probed_ok = 0
         reasons: Counter = Counter(reason for _, _, reason, _ in rejected)
         # While the executors probe, the driver opens (or creates) the three tables ingest writes: a JVM's
-        # first Delta operation loads Delta's classes and log machinery, about 2 s, and each creation is a
-        # commit of its own (0.4-1 s), all of which would otherwise follow the pass.
+        # first Delta operation loads Delta's classes and log machinery (seconds), and each creation is a
+        # commit of its own, all of which would otherwise follow the pass.
         opening = Background(INGEST_STAGE, ensure_tables, spark, config)
         outcomes = _outcomes(probed, oversized).collect()
         opening.wait()  # an error is write_batch's to raise: it opens the tables again

@@ -90,8 +90,8 @@ def probe_batches(
                     content = _read_local(path, max_bytes)
                 elif content is None:
                     raise imaging.ImageError("unreadable", "no content returned by the reader")
-                # Here, not by Spark's sha2: the JVM's SHA-256 runs at 90 MB/s without the C2 compiler (the
-                # local profile's JIT), Python's at 1.4 GB/s.
+                # Here, not by Spark's sha2: the JVM's SHA-256 is an order of magnitude slower than
+                # Python's without the C2 compiler (the local profile's JIT).
                 row["sha256"] = hashlib.sha256(content).hexdigest()
                 if crc32:
                     row["crc32"] = zlib.crc32(content)
@@ -140,14 +140,14 @@ LISTED_TASK_BYTES = 128 << 20
 def listed_files(spark: SparkSession, listed: dict) -> DataFrame:
     """(path, length) of the files the driver listed (path -> size in bytes), in tasks of at most
     LISTED_TASK_BYTES: the input of the pass over local files, which the Python workers read themselves.
-    Spark's binaryFile would list the folder a second time (1.6 s for 5,161 files here) for nothing."""
+    Spark's binaryFile would list the folder a second time for nothing."""
     sc = spark.sparkContext
     tasks = max(LISTED_TASKS_PER_CORE * sc.defaultParallelism, -(-sum(listed.values()) // LISTED_TASK_BYTES))
     paths = sorted(listed)
     frame = pd.DataFrame({"id": range(len(paths)), "path": paths, "length": [listed[p] for p in paths]})
     # Through Arrow into the JVM, then spread over the tasks by a range join: every scan of it stays in the
     # JVM. sc.parallelize would hand each scan's rows to the RDD Python workers (another pool than the
-    # pandas UDFs'), about 1 s a scan of 5,000 rows here, and ingest scans it more than once.
+    # pandas UDFs'), a second start-up on every scan, and ingest scans it more than once.
     with tables.temporary_conf(spark, "spark.sql.execution.arrow.pyspark.enabled", "true"):
         rows = spark.createDataFrame(frame, "id long, path string, length long")
     if len(paths) <= tables.BROADCAST_ROWS:

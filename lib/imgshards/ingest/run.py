@@ -97,7 +97,7 @@ def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: s
     ``on_batch(totals)`` is called after every micro-batch with the running totals (metrics).
 
     With ``ingest.stream.trigger: available_now`` it drains what is there and returns; with an interval
-    it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see README).
+    it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see docs/ingest.md).
     """
     storage.require_dir(spark, input_root)
     workers.start_once(spark)

@@ -2,9 +2,9 @@
 
 A stage that knows it has work calls :func:`start_once` before the driver's own work (listing, opening
 tables), so the workers start and import pandas, Pillow and the package meanwhile: the ingest pass's first
-tasks took 2.4 s instead of 5.1 here. Only then: a run with nothing to do (a re-run that finds its stored
+tasks then take about half as long. Only then: a run with nothing to do (a re-run that finds its stored
 state, see imgshards.delta.run_state) starts no worker at all, where the start would take the two cores from
-the driver (the quick start's re-run: 11 s with it, 8-9 s without).
+the driver and make the quick start's re-run slower.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _start_workers(spark) -> None:
 def start(spark) -> Background:
     """Start the Python workers and their imports, one task per core, in a background job (stage
     ``start``, job group progress.BACKGROUND_GROUP: no stage's progress). Workers are reused
-    (spark.python.worker.reuse), so the first pandas UDF finds them ready instead of waiting 1-1.5 s for
+    (spark.python.worker.reuse), so the first pandas UDF finds them ready instead of waiting for
     each to start and import; a failure here is left for the job's own first task to report."""
     return Background("start", _start_workers, spark)
 
