@@ -15,7 +15,11 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-venv="${IMGSHARDS_VENV:-$root/.venv}"
+# The stack (scripts/setup.sh): spark4 by default in .venv, IMGSHARDS_STACK=spark35 for the Spark 3.5 line.
+case "${IMGSHARDS_STACK:-spark4}" in
+  spark4) venv="${IMGSHARDS_VENV:-$root/.venv}" ;;
+  *) venv="${IMGSHARDS_VENV:-$root/.venv-$IMGSHARDS_STACK}" ;;
+esac
 profile="${IMGSHARDS_PROFILE:-local}"
 master=""
 deploy_mode="client"
@@ -59,7 +63,7 @@ profile_file="$root/conf/spark/$profile.conf"
 [[ "$deploy_mode" == client || "$deploy_mode" == cluster ]] \
   || { echo "spark-submit.sh: --deploy-mode must be client or cluster, got '$deploy_mode'" >&2; exit 2; }
 
-"$root/scripts/setup.sh"
+"$root/scripts/setup.sh" --stack "${IMGSHARDS_STACK:-spark4}"
 
 # The shared defaults, then the profile (later keys win); profiles may name project files as @ROOT@/...
 dist="$root/.work/dist"
@@ -72,14 +76,15 @@ cat "$root/lib/imgshards/spark-defaults.conf" "$profile_file" | sed "s|@ROOT@|$r
 # --driver-java-options (below) replaces the properties' spark.driver.extraJavaOptions: the profile's go with it.
 driver_java="$(awk '$1 == "spark.driver.extraJavaOptions" {$1 = ""; print substr($0, 2)}' "$properties")"
 log4j="-Dlog4j.configurationFile=file:$root/conf/log4j2.properties"
-jars="$(ls "$root"/.jars/*.jar | paste -sd, -)"
+jar_dir="$root/.jars/$(cat "$venv/.imgshards-stack")"
+jars="$(ls "$jar_dir"/*.jar | paste -sd, -)"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export SPARK_HOME="$("$venv/bin/python" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
 export PATH="$venv/bin:$PATH"
-# The S3A connector (.jars/s3/, 280 MB with its AWS SDK) goes on the class path where this machine's files
+# The S3A connector (.jars/<stack>/s3/, with its AWS SDK) goes on the class path where this machine's files
 # are (local runs, the local standalone cluster) instead of being copied to every executor; a real cluster's
 # Spark brings its own.
-s3_jars="$root/.jars/s3/*"
+s3_jars="$jar_dir/s3/*"
 submit=(
   "$venv/bin/spark-submit" --master "$master" --properties-file "$properties" --jars "$jars"
   --conf "spark.driver.extraClassPath=$s3_jars" --conf "spark.executor.extraClassPath=$s3_jars"
@@ -90,14 +95,14 @@ submit=(
 # Class data sharing for local runs (IMGSHARDS_CDS=0: off). Loading and verifying Spark's, Delta's and
 # Hadoop's classes is much of a small run's time: once per Java and set of jars, a short job
 # (scripts/class_data_job.py) dumps the classes it loaded into an archive as it exits (JDK dynamic CDS),
-# and every local run maps that archive instead (README, Benchmarks). A stale or damaged archive is
+# and every local run maps that archive instead (benchmarks/README.md). A stale or damaged archive is
 # ignored by the JVM, which then loads the classes from the jars as usual.
 class_data_options() {
   local java key dir archive dump
   java="$(readlink -f "${JAVA_HOME:+$JAVA_HOME/bin/java}" 2>/dev/null || readlink -f "$(command -v java)")"
-  key="$(ls -l --time-style=+%s "$java" "$SPARK_HOME"/jars/*.jar "$root"/.jars/*.jar "$root"/.jars/s3/*.jar 2>/dev/null \
+  key="$(ls -l --time-style=+%s "$java" "$SPARK_HOME"/jars/*.jar "$jar_dir"/*.jar "$jar_dir"/s3/*.jar 2>/dev/null \
     | awk '{print $5, $6, $7}' | sha256sum | cut -c1-16)"
-  dir="$root/.jars/cds"; archive="$dir/classes-$key.jsa"
+  dir="$jar_dir/cds"; archive="$dir/classes-$key.jsa"
   local quiet=(-Xlog:cds=off -Xlog:cds+dynamic=off)  # its notes would go to the job's stdout
   # A failed dump is not tried again for these jars and this Java (delete the .failed file to retry).
   if [[ ! -s "$archive" && ! -e "$archive.failed" ]] && mkdir -p "$dir" 2>/dev/null; then

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 
-from imgshards.session import build_session, read_properties
+from imgshards.session import build_session, checkout_jars, read_properties
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,7 +15,7 @@ LAUNCHER = os.path.join(ROOT, "spark-submit.sh")
 
 def local_session(master: str, app_name: str, conf: dict = None):
     """A Delta-enabled session from this checkout's jars (scripts/setup.sh); the caller stops it."""
-    return build_session(master, app_name, conf, jars_dir=os.path.join(ROOT, ".jars"))
+    return build_session(master, app_name, conf, jars_dir=checkout_jars(ROOT))
 
 
 def profile_settings(profile: str) -> dict:

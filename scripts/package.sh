@@ -105,7 +105,7 @@ log "installing the wheel$extras into $env_dir (pinned by constraints.txt)"
 "$env_dir/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
 if [[ "$extras" == *gpu* ]]; then
   source "$root/scripts/big_wheels.sh"
-  install_big_wheels "$env_dir/bin/python" nvidia-dali-cuda120
+  install_big_wheels "$env_dir/bin/python" "$root/constraints.txt" nvidia-dali-cuda120
 fi
 "$env_dir/bin/python" -m pip install --quiet -c "$root/constraints.txt" "$wheel$extras"
 if [[ -n "$no_spark" ]]; then

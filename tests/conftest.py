@@ -4,14 +4,16 @@ the Spark-free tier: every test that uses no Spark fixture and starts no Spark i
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
-from helpers import TEST_AWS_CREDENTIALS, local_session, moto_server
+from helpers import ROOT, TEST_AWS_CREDENTIALS, OldStack, local_session, moto_server
 
-# Fixtures that start Spark (the session, or a launcher/cluster through the tests' own fixtures); a test that
+# Fixtures that start Spark (the session, or a launcher/cluster through the tests' own fixtures) or build an
+# environment (old_stack); a test that
 # uses none of them and is not marked slow is in the fast tier.
-SPARK_FIXTURES = {"spark", "s3_pipeline", "cluster", "packed_environment", "pipeline_run", "exported"}
+SPARK_FIXTURES = {"old_stack", "spark", "s3_pipeline", "cluster", "packed_environment", "pipeline_run", "exported"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,6 +46,14 @@ def aws_test_credentials():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def old_stack():
+    """The spark35 environment with Petastorm's readers, made by the project's set-up (minutes the first time,
+    then a second; scripts/test.sh makes it before the suite)."""
+    subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--stack", "spark35"], check=True, timeout=3600)
+    return OldStack(os.path.join(ROOT, ".venv-spark35"))
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import pytest
 
@@ -22,9 +26,63 @@ TEST_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "imgshards-test-key", "AWS_SECRET_A
 
 def local_session(master: str, app_name: str, conf: dict = None):
     """A Delta-enabled session from this checkout's jars (scripts/setup.sh); the caller stops it."""
-    from imgshards.session import build_session
+    from imgshards.session import build_session, checkout_jars
 
-    return build_session(master, app_name, conf, jars_dir=os.path.join(ROOT, ".jars"))
+    return build_session(master, app_name, conf, jars_dir=checkout_jars(ROOT))
+
+
+# Petastorm imports only on the spark35 stack (pyarrow < 15, numpy 1): tests of the loader's petastorm backend
+# run there (scripts/test.sh --stack spark35); on the default stack, tests/test_petastorm_compat.py reads
+# exports with Petastorm in that environment instead.
+needs_petastorm = pytest.mark.skipif(importlib.util.find_spec("petastorm") is None,
+                                     reason="Petastorm is on the spark35 stack only (scripts/test.sh --stack spark35)")
+
+
+@dataclass(frozen=True)
+class OldStack:
+    """The spark35 environment (scripts/setup.sh --stack spark35): its Python, and the Petastorm readers it
+    runs (0.12.1 installed, 0.13.1 first on PYTHONPATH)."""
+
+    venv: str
+    petastorm_versions: tuple = ("0.12.1", "0.13.1")
+
+    @property
+    def python(self) -> str:
+        return os.path.join(self.venv, "bin", "python")
+
+    def env(self, petastorm_version: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        if petastorm_version != "0.12.1":
+            env["PYTHONPATH"] = os.path.join(self.venv, f"petastorm-{petastorm_version}")
+        return env
+
+
+def read_with_petastorm(old_stack: OldStack, version: str, root: str, s3_endpoint: str = None) -> dict:
+    """tests/petastorm_reader.py's JSON for the export at ``root``, read by Petastorm ``version``."""
+    command = [old_stack.python, os.path.join(ROOT, "tests", "petastorm_reader.py"), root]
+    result = subprocess.run(command + ([s3_endpoint] if s3_endpoint else []), capture_output=True, text=True,
+                            timeout=600, env=old_stack.env(version))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.startswith("{"), (result.stdout[:2000], result.stderr[-2000:])
+    return json.loads(result.stdout)
+
+
+def loader_samples(root: str, s3_endpoint: str = None) -> dict:
+    """What the project's loader reads of every split of the export at ``root``, in the shape of
+    tests/petastorm_reader.py's: {split: {sample_id: {label, label_name, sha256, pixels, shape}}}."""
+    from imgshards.train.loader import make_dataloader, read_manifest
+
+    found = {}
+    for split in read_manifest(root, s3_endpoint)["splits"]:
+        samples = found[split] = {}
+        loader = make_dataloader(root, split, 1, shuffle=False, collate=False, workers=1, transform=lambda a: a,
+                                 s3_endpoint=s3_endpoint)
+        for batch in loader:
+            image = batch["image"][0]
+            samples[batch["sample_id"][0]] = {
+                "label": int(batch["label"][0]), "label_name": batch["label_name"][0], "sha256": batch["sha256"][0],
+                "pixels": hashlib.sha256(image.astype("uint8").tobytes()).hexdigest(), "shape": list(image.shape)}
+    return found
 
 
 def launch(*args: str, timeout: int = 600, env: dict = None) -> subprocess.CompletedProcess:

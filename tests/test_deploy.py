@@ -47,7 +47,7 @@ def read(relpath: str) -> str:
 
 
 def test_definitions_are_what_the_contract_generates(files):
-    assert len(files) == 14
+    assert len(files) == 21  # 14 for the Spark 4 line, 7 more for EMR 7 (Databricks: a second job in one file)
     for relpath, text in files.items():
         assert read(relpath) == text, f"deploy/{relpath} differs from the contract: run scripts/gen_deploy.py"
     committed = {os.path.relpath(p, DEPLOY) for p in glob.glob(os.path.join(DEPLOY, "**", "*.*"), recursive=True)
@@ -56,8 +56,9 @@ def test_definitions_are_what_the_contract_generates(files):
 
 
 def test_every_job_run_in_the_definitions_is_a_real_invocation(files):
-    # Databricks 4 tasks, EMR Serverless 4, EMR on EC2 4 + 4 (GPU), Kubernetes 4 + 1 (GPU preprocess).
-    assert deploy.check_definitions(files) == 21
+    # Per runtime line: Databricks 4 tasks, EMR Serverless 4, EMR on EC2 4 + 4 (GPU); two lines of each. And
+    # Kubernetes 4 + 1 (GPU preprocess).
+    assert deploy.check_definitions(files) == 2 * (4 + 4 + 8) + 5
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -132,10 +133,15 @@ def test_databricks_bundle_validates(files):
     pytest.importorskip("databricks.bundles", reason="databricks-bundles needs Python >= 3.10")
     bundle, resources = databricks_definitions(files)
     validate_databricks_bundle(bundle, resources, os.path.join(DEPLOY, "databricks"))
-    job = resources["resources"]["jobs"]["imgshards"]
-    assert [t["task_key"] for t in job["tasks"]] == ["ingest", "preprocess", "export", "report"]
-    assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
-    assert {t["job_cluster_key"] for t in job["tasks"]} == {"cpu", "gpu"}
+    jobs = resources["resources"]["jobs"]
+    # The newest LTS with a Spark 4 key, and 15.4 LTS for the Spark 3.5 line; the same wheel in both.
+    runtimes = {name: {c["new_cluster"]["spark_version"] for c in job["job_clusters"]} for name, job in jobs.items()}
+    assert runtimes == {"imgshards": {"17.3.x-scala2.13", "17.3.x-gpu-ml-scala2.13"},
+                        "imgshards_spark35": {"15.4.x-scala2.12", "15.4.x-gpu-ml-scala2.12"}}
+    for job in jobs.values():
+        assert [t["task_key"] for t in job["tasks"]] == ["ingest", "preprocess", "export", "report"]
+        assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
+        assert {t["job_cluster_key"] for t in job["tasks"]} == {"cpu", "gpu"}
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -194,7 +200,7 @@ def check_artifacts(request: dict, spec: dict) -> None:
         assert name in spec["uploads"], f"{url} is not in platforms.emr.uploads"
         source = spec["uploads"][name]
         if source.startswith("dist/"):  # built by scripts/package.sh --no-spark or deploy/emr/Dockerfile.env
-            assert re.fullmatch(r"imgshards-nospark(-gpu)?-env\.tar\.gz", os.path.basename(source)), source
+            assert re.fullmatch(r"imgshards(-spark35)?-nospark(-gpu)?-env\.tar\.gz", os.path.basename(source)), source
         else:
             assert os.path.isfile(os.path.join(ROOT, source)), source
 
@@ -231,19 +237,25 @@ def validate_job_flow(request: dict, spec: dict) -> None:
     check_artifacts(request, spec)
 
 
-def test_emr_requests_validate_against_the_service_models(files, contract):
+@pytest.mark.parametrize("folder, release", [("emr", "emr-spark-8.0.0"), ("emr/spark35", "emr-7.13.0")])
+def test_emr_requests_validate_against_the_service_models(files, contract, folder, release):
+    """The Spark 4 line (emr-spark-8.0.0) in emr/, the Spark 3.5 line (EMR 7) in emr/spark35/."""
     pytest.importorskip("botocore")
     spec = contract["platforms"]["emr"]
-    validate_aws_request("emr-serverless", "CreateApplication", json.loads(files["emr/serverless/create-application.json"]))
+    application = json.loads(files[f"{folder}/serverless/create-application.json"])
+    validate_aws_request("emr-serverless", "CreateApplication", application)
+    assert application["releaseLabel"] == release
     for job in ("ingest", "preprocess", "export"):
-        validate_serverless_run(json.loads(files[f"emr/serverless/start-job-run-{job}.json"]), spec)
-    validate_job_flow(json.loads(files["emr/ec2/run-job-flow.json"]), spec)
-    gpu = json.loads(files["emr/ec2/run-job-flow-gpu.json"])
+        validate_serverless_run(json.loads(files[f"{folder}/serverless/start-job-run-{job}.json"]), spec)
+    validate_job_flow(json.loads(files[f"{folder}/ec2/run-job-flow.json"]), spec)
+    gpu = json.loads(files[f"{folder}/ec2/run-job-flow-gpu.json"])
+    assert gpu["ReleaseLabel"] == release
     validate_job_flow(gpu, spec)
     classifications = {c["Classification"]: c for c in gpu["Configurations"]}
     assert {"yarn-site", "container-executor", "capacity-scheduler", "spark-defaults"} <= set(classifications)
     assert classifications["spark-defaults"]["Properties"]["spark.executor.resource.gpu.discoveryScript"]
-    assert "imgshards-nospark-gpu-env.tar.gz#environment" in json.dumps(gpu["Steps"][1])
+    environment = "imgshards-spark35" if folder.endswith("spark35") else "imgshards"
+    assert f"/{environment}-nospark-gpu-env.tar.gz#environment" in json.dumps(gpu["Steps"][1])
 
 
 @pytest.mark.parametrize("relpath, edit, message", [

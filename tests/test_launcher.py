@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from imgshards.session import checkout_jars
+
 from helpers import ROOT, launch
 
 
@@ -39,12 +41,11 @@ def test_pipeline_on_embedded_default(tmp_path):
     manifest = read_manifest(str(work / "shards"))
     assert sum(s["rows"] for s in manifest["splits"].values()) == summary["preprocess"]["processed"]
 
-    from petastorm import make_reader
+    from imgshards.train.loader import make_dataloader
 
-    with make_reader(manifest["splits"]["val"]["url"], num_epochs=1, workers_count=1) as reader:
-        rows = list(reader)
-    assert len(rows) == manifest["splits"]["val"]["rows"]
-    assert rows[0].image.shape == (64, 64, 3)
+    batches = list(make_dataloader(str(work / "shards"), "val", 8, shuffle=False, collate=False, workers=1))
+    assert sum(len(b["sha256"]) for b in batches) == manifest["splits"]["val"]["rows"]
+    assert batches[0]["image"].shape[1:] == (3, 64, 64)
 
     # Where the time went, from the run's event log: every Spark job in one of the stages or beside them
     # (the workers' start, the report gathered during export), and the stages (with the time before the
@@ -123,7 +124,7 @@ def _classes_from_the_archive(tmp_path, env: dict) -> int:
 @pytest.mark.slow
 def test_local_runs_load_their_classes_from_the_class_data_archive(tmp_path):
     shared = _classes_from_the_archive(tmp_path, {})
-    archives = [name for name in os.listdir(os.path.join(ROOT, ".jars", "cds")) if name.endswith(".jsa")]
+    archives = [name for name in os.listdir(os.path.join(checkout_jars(ROOT), "cds")) if name.endswith(".jsa")]
     assert len(archives) == 1, archives
     assert shared > 5000, "the run mapped the archive made for these jars (some 13,000 classes)"
     assert _classes_from_the_archive(tmp_path, {"IMGSHARDS_CDS": "0"}) == 0

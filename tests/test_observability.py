@@ -329,9 +329,9 @@ def test_spark_serves_its_own_prometheus_endpoints(tmp_path):
     port = free_port()
     script = f"""
 import urllib.request
-from imgshards.session import build_session
+from imgshards.session import build_session, checkout_jars
 spark = build_session("local[2]", "prometheus-check", {{"spark.ui.enabled": "true", "spark.ui.port": "{port}"}},
-                      jars_dir=".jars")
+                      jars_dir=checkout_jars("."))
 spark.range(1000).selectExpr("sum(id)").collect()
 for path in ("/metrics/prometheus", "/metrics/executors/prometheus"):
     body = urllib.request.urlopen("http://127.0.0.1:{port}" + path, timeout=30).read().decode()

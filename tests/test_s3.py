@@ -23,7 +23,15 @@ from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import make_dataloader, read_manifest
 
-from helpers import ROOT, TEST_AWS_CREDENTIALS, free_port, launch, moto_server
+from helpers import (
+    TEST_AWS_CREDENTIALS,
+    free_port,
+    launch,
+    loader_samples,
+    moto_server,
+    needs_petastorm,
+    read_with_petastorm,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -174,13 +182,13 @@ def test_streaming_ingest_from_a_bucket(spark, s3, s3_endpoint, raw_in_s3, tmp_p
     config = s3_config(s3_endpoint, input=raw, warehouse="s3a://lake/stream-delta", workdir=str(tmp_path))
     prepare_storage(spark, config, get_job("ingest").locations)
     counts = run_ingest_stream(spark, config, raw, "stream-1")
-    # Spark's streaming file source does not show hidden files (README: a batch run counts them).
+    # Spark's streaming file source does not show hidden files (docs/ingest.md: a batch run counts them).
     assert counts.ingested == manifest.images
     again = run_ingest_stream(spark, config, raw, "stream-2")
     assert again.ingested == 0  # the checkpoint (on S3 too) remembers every object
 
 
-@pytest.mark.parametrize("backend", ["arrow", "petastorm"])
+@pytest.mark.parametrize("backend", ["arrow", pytest.param("petastorm", marks=needs_petastorm)])
 def test_training_reads_a_split_from_s3_with_ddp_coverage_and_resume(s3_pipeline, s3_endpoint, backend):
     config, summary, _ = s3_pipeline
     url = "s3://lake/shards"
@@ -341,25 +349,34 @@ def test_credentials_reach_nothing_a_spark_submit_run_writes(s3, s3_endpoint, ra
     assert TEST_AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"] not in text
 
 
-def test_the_modern_environment_trains_from_s3(s3_pipeline, s3_endpoint):
-    """numpy 2, a current pyarrow and no Petastorm or Spark (.venv-modern): the arrow backend reads from s3://
-    with the endpoint from the environment."""
-    subprocess.run([os.path.join(ROOT, "scripts", "setup_modern_env.sh")], check=True, timeout=1200)
+def test_the_loader_on_the_spark35_stack_trains_from_s3(s3_pipeline, s3_endpoint, old_stack):
+    """numpy 1.26, pyarrow 14 and torch, as on Databricks 15.4 LTS ML: the arrow backend reads from s3:// with
+    the endpoint from the environment, importing no Spark."""
     _, summary, _ = s3_pipeline
-    code = f"""
+    code = """
 import sys
-sys.path.insert(0, {os.path.join(ROOT, 'lib')!r})
-import numpy
+import numpy, pyarrow
 from imgshards.train.loader import make_dataloader
-assert int(numpy.__version__.split('.')[0]) >= 2
+assert numpy.__version__.startswith('1.') and pyarrow.__version__.startswith('14.'), (numpy.__version__, pyarrow.__version__)
 loader = make_dataloader('s3://lake/shards', 'train', 8, seed=1, workers=1)
 print(sum(len(b['sha256']) for b in loader))
 assert 'pyspark' not in sys.modules and 'petastorm' not in sys.modules
 """
-    result = subprocess.run([os.path.join(ROOT, ".venv-modern", "bin", "python"), "-c", code], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "AWS_ENDPOINT_URL": s3_endpoint})
+    result = subprocess.run([old_stack.python, "-c", code], capture_output=True, text=True, timeout=600,
+                            env={**old_stack.env("0.12.1"), "AWS_ENDPOINT_URL": s3_endpoint})
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) == summary["export"]["rows"]["train"]
+
+
+def test_unmodified_petastorm_reads_the_export_on_s3_as_the_loader_does(s3_pipeline, s3_endpoint, old_stack):
+    """Petastorm 0.12.1 and 0.13.1 (make_reader, make_batch_reader) on the export a Spark 4 job wrote to S3."""
+    config, _, _ = s3_pipeline
+    expected = loader_samples(config.output, s3_endpoint)
+    assert all(expected.values())
+    for version in old_stack.petastorm_versions:
+        found = read_with_petastorm(old_stack, version, config.output, s3_endpoint)
+        for reader in ("make_reader", "make_batch_reader"):
+            assert found[reader] == expected, (version, reader)
 
 
 def test_an_object_gone_between_listing_and_reading_is_quarantined_as_unreadable(spark, s3, s3_endpoint, tmp_path,

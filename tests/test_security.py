@@ -21,6 +21,8 @@ from imgshards.ingest.run import run_ingest
 from imgshards.preprocess.run import run_preprocess
 from imgshards.train.loader import make_dataloader, read_manifest
 
+from helpers import needs_petastorm
+
 GPS_IFD = 0x8825
 
 
@@ -90,7 +92,8 @@ class _Detonator:
         return (shutil.copyfile, (__file__, self.marker))
 
 
-def test_the_arrow_reader_never_unpickles_dataset_metadata(spark, tmp_path):
+def _export_with_a_hostile_pickle(spark, tmp_path) -> tuple:
+    """An export whose train split's pickled Unischema, when unpickled, writes a marker file."""
     raw = tmp_path / "raw" / "a"
     raw.mkdir(parents=True)
     for i in range(8):
@@ -108,11 +111,19 @@ def test_the_arrow_reader_never_unpickles_dataset_metadata(spark, tmp_path):
     schema = pq.read_schema(metadata_path)
     hostile = {**(schema.metadata or {}), b"dataset-toolkit.unischema.v1": pickle.dumps(_Detonator(marker))}
     pq.write_metadata(schema.with_metadata(hostile), metadata_path)
+    return config, marker
 
+
+def test_the_arrow_reader_never_unpickles_dataset_metadata(spark, tmp_path):
+    config, marker = _export_with_a_hostile_pickle(spark, tmp_path)
     loader = make_dataloader(config.output, "train", 4, workers=1)
     assert sum(len(b["sha256"]) for b in loader) == 8
     assert not os.path.exists(marker)  # the arrow backend read every sample and ran nothing
 
+
+@needs_petastorm
+def test_petastorm_refuses_this_pickle(spark, tmp_path):
+    config, marker = _export_with_a_hostile_pickle(spark, tmp_path)
     # Petastorm's readers do unpickle it; 0.12.1 does so with an allow-list of globals, which refuses this
     # payload (a wider one may not be refused): exports read with Petastorm must come from trusted writers.
     with pytest.raises(pickle.UnpicklingError, match="forbidden"):

@@ -1,7 +1,6 @@
 """One schema per table and per exported dataset, defined here and imported everywhere."""
 from __future__ import annotations
 
-import numpy as np
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
 
 IMAGES_TABLE = "images"
@@ -89,24 +88,5 @@ PROCESSED_SCHEMA = StructType(
 SAMPLE_KEY = ("sha256", "copy", "config_fingerprint")
 
 
-def export_unischema(size: int, image_format: str, codec: str = "compressed"):
-    """The Petastorm schema of an exported split: image (size x size x 3 uint8, stored JPEG/PNG-compressed
-    or as a raw ndarray), label index and name, the sample's id (unique in the split: the source sha256,
-    or ``<sha256>-<copy>`` for an augmented copy), the source image's sha256, the copy number (0: the
-    image itself) and the augmentation seed (null for copy 0)."""
-    from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
-
-    image_codec = CompressedImageCodec(image_format) if codec == "compressed" else NdarrayCodec()
-    return Unischema(
-        "ImageSample",
-        [
-            UnischemaField("image", np.uint8, (size, size, 3), image_codec, False),
-            UnischemaField("label", np.int32, (), ScalarCodec(IntegerType()), False),
-            UnischemaField("label_name", np.str_, (), ScalarCodec(StringType()), False),
-            UnischemaField("sample_id", np.str_, (), ScalarCodec(StringType()), False),
-            UnischemaField("sha256", np.str_, (), ScalarCodec(StringType()), False),
-            UnischemaField("copy", np.int32, (), ScalarCodec(IntegerType()), False),
-            UnischemaField("augment_seed", np.int64, (), ScalarCodec(LongType()), True),
-        ],
-    )
+# The columns of an exported split, in order (their Petastorm types: imgshards.export.unischema).
+EXPORT_COLUMNS = ("image", "label", "label_name", "sample_id", "sha256", "copy", "augment_seed")

@@ -12,8 +12,19 @@ import sys
 from typing import Optional
 
 
+def checkout_jars(checkout: str) -> str:
+    """The jars folder of the running environment's stack in a checkout (``.jars/<stack>``, as
+    scripts/setup.sh fetches them and names the stack in the environment's ``.imgshards-stack``)."""
+    try:
+        with open(os.path.join(sys.prefix, ".imgshards-stack")) as f:
+            stack = f.read().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{sys.prefix} was not made by scripts/setup.sh (no .imgshards-stack)") from None
+    return os.path.join(checkout, ".jars", stack)
+
+
 def delta_jars(jars_dir: str) -> list:
-    """The jars in ``jars_dir`` (Delta's, as scripts/setup.sh fetches them into a checkout's .jars/)."""
+    """The jars in ``jars_dir`` (Delta's, as scripts/setup.sh fetches them into a checkout's .jars/<stack>/)."""
     jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar")))
     if not jars:
         raise FileNotFoundError(f"no Delta jars in {jars_dir}: run scripts/setup.sh")
@@ -52,7 +63,7 @@ def build_session(master: str, app_name: str, conf: Optional[dict] = None, *, ja
         SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.jars", ",".join(delta_jars(jars_dir)))
-        # The S3A connector (scripts/setup.sh puts it in .jars/s3/), for s3a:// and s3:// URLs.
+        # The S3A connector (scripts/setup.sh puts it in .jars/<stack>/s3/), for s3a:// and s3:// URLs.
         .config("spark.driver.extraClassPath", os.path.join(jars_dir, "s3", "*"))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
@@ -64,7 +75,7 @@ def build_session(master: str, app_name: str, conf: Optional[dict] = None, *, ja
         # As conf/spark/local.conf: Delta's 50 state-reconstruction tasks per snapshot are for clusters.
         .config("spark.databricks.delta.snapshotPartitions", "2")
         # As conf/spark/local.conf: the parallel collector, no generated code, no Delta file statistics (the
-        # suite's tests/test_ingest.py took 192-202 s with the first two, 251-293 s without). The JIT keeps
+        # suite's Spark tests run markedly faster with the first two). The JIT keeps
         # both tiers here: a session that lives through the whole suite pays C2's warm-up once and gains.
         .config("spark.driver.extraJavaOptions", "-XX:+UseParallelGC")
         .config("spark.sql.codegen.wholeStage", "false")

@@ -71,6 +71,29 @@ def task_args(contract: dict, task: dict, platform: str) -> list:
     return args
 
 
+# The runtime lines a platform's definitions are made for (scripts/setup.sh's stacks); the first is the default.
+RUNTIMES = ("spark4", "spark35")
+
+
+def runtimes(contract: dict, platform: str) -> list:
+    """The runtime lines ``platform`` has definitions for, in :data:`RUNTIMES` order (one, unnamed, where
+    the platform names none)."""
+    named = contract["platforms"][platform].get("runtimes")
+    if not named:
+        return [RUNTIMES[0]]
+    unknown = set(named) - set(RUNTIMES)
+    if unknown:
+        raise ContractError(f"platforms.{platform}.runtimes: unknown {sorted(unknown)}; known: {list(RUNTIMES)}")
+    return [name for name in RUNTIMES if name in named]
+
+
+def platform_spec(contract: dict, platform: str, runtime: str) -> dict:
+    """``platforms.<platform>`` with the settings of its runtime line ``runtime`` merged in."""
+    spec = dict(contract["platforms"][platform])
+    spec.update((spec.pop("runtimes", None) or {}).get(runtime, {}))
+    return spec
+
+
 def gpu_tasks(contract: dict) -> list:
     return [t for t in contract["tasks"] if t.get("gpu")]
 

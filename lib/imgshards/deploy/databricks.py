@@ -2,13 +2,19 @@
 """
 from __future__ import annotations
 
-from imgshards.deploy.contract import gpu_tasks, task_args
+from imgshards.deploy.contract import RUNTIMES, gpu_tasks, platform_spec, runtimes, task_args
 from imgshards.jobs import console_script
 from imgshards.session import spark_defaults
 
 
-def databricks_job(contract: dict) -> dict:
-    spec = contract["platforms"]["databricks"]
+def databricks_jobs(contract: dict) -> dict:
+    """One job per runtime line: ``imgshards`` on the default one, ``imgshards_<runtime>`` on the others."""
+    return {("imgshards" if runtime == RUNTIMES[0] else f"imgshards_{runtime}"): databricks_job(contract, runtime)
+            for runtime in runtimes(contract, "databricks")}
+
+
+def databricks_job(contract: dict, runtime: str) -> dict:
+    spec = platform_spec(contract, "databricks", runtime)
     conf = spark_defaults()  # Spark, Delta and the master come with the runtime
     clusters = [{"job_cluster_key": "cpu", "new_cluster": {
         "spark_version": spec["spark_version"], "node_type_id": spec["node_type_id"],
@@ -36,7 +42,8 @@ def databricks_job(contract: dict) -> dict:
             entry["depends_on"] = [{"task_key": previous}]
         tasks.append(entry)
         previous = task["job"]
-    return {"name": "imgshards-${bundle.target}", "max_concurrent_runs": 1, "job_clusters": clusters, "tasks": tasks}
+    name = "imgshards" if runtime == RUNTIMES[0] else f"imgshards-{runtime}"
+    return {"name": f"{name}-${{bundle.target}}", "max_concurrent_runs": 1, "job_clusters": clusters, "tasks": tasks}
 
 
 def databricks_bundle(contract: dict) -> dict:

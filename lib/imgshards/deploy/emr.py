@@ -2,7 +2,7 @@
 """
 from __future__ import annotations
 
-from imgshards.deploy.contract import DELTA_SQL_CONF, PACKED_PYTHON, ContractError, task_args
+from imgshards.deploy.contract import DELTA_SQL_CONF, PACKED_PYTHON, ContractError, platform_spec, task_args
 from imgshards.session import spark_defaults
 
 
@@ -14,20 +14,20 @@ def _artifact(spec: dict, name: str) -> str:
 
 def _emr_spark_conf(spec: dict, gpu: bool) -> dict:
     conf = {**spark_defaults(), **DELTA_SQL_CONF}
-    env = "imgshards-nospark-gpu-env.tar.gz" if gpu else "imgshards-nospark-env.tar.gz"
+    env = f"{spec['environment']}-nospark{'-gpu' if gpu else ''}-env.tar.gz"
     conf["spark.archives"] = _artifact(spec, env) + "#environment"
     return conf
 
 
-def emr_serverless_application(contract: dict) -> dict:
-    spec = contract["platforms"]["emr"]
-    return {"name": "imgshards", "releaseLabel": spec["release"], "type": "SPARK", "architecture": "X86_64",
+def emr_serverless_application(contract: dict, runtime: str) -> dict:
+    spec = platform_spec(contract, "emr", runtime)
+    return {"name": spec["environment"], "releaseLabel": spec["release"], "type": "SPARK", "architecture": "X86_64",
             "autoStopConfiguration": {"enabled": True, "idleTimeoutMinutes": 15},
             "maximumCapacity": {"cpu": "64 vCPU", "memory": "256 GB", "disk": "1000 GB"}}
 
 
-def emr_serverless_job_run(contract: dict, task: dict) -> dict:
-    spec = contract["platforms"]["emr"]
+def emr_serverless_job_run(contract: dict, task: dict, runtime: str) -> dict:
+    spec = platform_spec(contract, "emr", runtime)
     # EMR Serverless has no GPU workers: every task, preprocess included, runs on CPU (backend from the task).
     conf = {**_emr_spark_conf(spec, gpu=False), "spark.jars": spec["delta_jars"],
             "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": PACKED_PYTHON,
@@ -48,8 +48,7 @@ def emr_serverless_job_run(contract: dict, task: dict) -> dict:
     }
 
 
-def emr_step(contract: dict, task: dict, gpu: bool) -> dict:
-    spec = contract["platforms"]["emr"]
+def emr_step(contract: dict, task: dict, gpu: bool, spec: dict) -> dict:
     conf = {**_emr_spark_conf(spec, gpu), "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PACKED_PYTHON,
             "spark.executorEnv.PYSPARK_PYTHON": PACKED_PYTHON}
     args = ["spark-submit", "--deploy-mode", "cluster", "--archives", conf.pop("spark.archives")]
@@ -61,8 +60,8 @@ def emr_step(contract: dict, task: dict, gpu: bool) -> dict:
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}}
 
 
-def emr_job_flow(contract: dict, gpu: bool) -> dict:
-    spec = contract["platforms"]["emr"]
+def emr_job_flow(contract: dict, gpu: bool, runtime: str) -> dict:
+    spec = platform_spec(contract, "emr", runtime)
     configurations = [
         {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}},
     ]
@@ -96,7 +95,7 @@ def emr_job_flow(contract: dict, gpu: bool) -> dict:
                       "ScriptBootstrapAction": {"Path": _artifact(spec, "emr-gpu-cgroups.sh")}}]
     instance_type = spec["gpu_instance_type"] if gpu else spec["instance_type"]
     request = {
-        "Name": "imgshards-gpu" if gpu else "imgshards",
+        "Name": spec["environment"] + ("-gpu" if gpu else ""),
         "ReleaseLabel": spec["release"],
         "LogUri": f"{spec['logs']}/emr/",
         "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
@@ -109,7 +108,7 @@ def emr_job_flow(contract: dict, gpu: bool) -> dict:
             ],
             "KeepJobFlowAliveWhenNoSteps": False,
         },
-        "Steps": [emr_step(contract, task, gpu) for task in contract["tasks"]],
+        "Steps": [emr_step(contract, task, gpu, spec) for task in contract["tasks"]],
         "JobFlowRole": "EMR_EC2_DefaultRole",
         "ServiceRole": "EMR_DefaultRole",
         "VisibleToAllUsers": True,

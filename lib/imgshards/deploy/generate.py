@@ -18,8 +18,16 @@ from typing import Iterator
 
 import yaml
 
-from imgshards.deploy.contract import GENERATED_NOTE, ContractError, check_invocation, gpu_tasks, load_contract
-from imgshards.deploy.databricks import databricks_bundle, databricks_job
+from imgshards.deploy.contract import (
+    GENERATED_NOTE,
+    RUNTIMES,
+    ContractError,
+    check_invocation,
+    gpu_tasks,
+    load_contract,
+    runtimes,
+)
+from imgshards.deploy.databricks import databricks_bundle, databricks_jobs
 from imgshards.deploy.emr import emr_job_flow, emr_serverless_application, emr_serverless_job_run
 from imgshards.deploy.kubernetes import spark_application
 
@@ -36,14 +44,18 @@ def render(contract: dict) -> dict:
     """Every generated definition: path relative to ``deploy/`` -> file text."""
     files = {
         "databricks/databricks.yml": _yaml(databricks_bundle(contract)),
-        "databricks/resources/imgshards.job.yml": _yaml({"resources": {"jobs": {"imgshards": databricks_job(contract)}}}),
-        "emr/serverless/create-application.json": _json(emr_serverless_application(contract)),
-        "emr/ec2/run-job-flow.json": _json(emr_job_flow(contract, gpu=False)),
+        "databricks/resources/imgshards.job.yml": _yaml({"resources": {"jobs": databricks_jobs(contract)}}),
     }
-    if gpu_tasks(contract):
-        files["emr/ec2/run-job-flow-gpu.json"] = _json(emr_job_flow(contract, gpu=True))
+    for runtime in runtimes(contract, "emr"):  # the default line in emr/, the others in emr/<runtime>/
+        emr = "emr" if runtime == RUNTIMES[0] else f"emr/{runtime}"
+        files[f"{emr}/serverless/create-application.json"] = _json(emr_serverless_application(contract, runtime))
+        files[f"{emr}/ec2/run-job-flow.json"] = _json(emr_job_flow(contract, False, runtime))
+        if gpu_tasks(contract):
+            files[f"{emr}/ec2/run-job-flow-gpu.json"] = _json(emr_job_flow(contract, True, runtime))
+        for task in contract["tasks"]:
+            files[f"{emr}/serverless/start-job-run-{task['job']}.json"] = _json(
+                emr_serverless_job_run(contract, task, runtime))
     for task in contract["tasks"]:
-        files[f"emr/serverless/start-job-run-{task['job']}.json"] = _json(emr_serverless_job_run(contract, task))
         files[f"kubernetes/imgshards-{task['job']}.yaml"] = _yaml(spark_application(contract, task, gpu=False))
         if task.get("gpu"):
             files[f"kubernetes/imgshards-{task['job']}-gpu.yaml"] = _yaml(spark_application(contract, task, gpu=True))

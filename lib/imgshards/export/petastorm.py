@@ -1,15 +1,21 @@
-"""The Petastorm dataset of one split: Petastorm's metadata around Spark's Parquet write, the ndarray codec's
-decode, and the row groups the loader shards by."""
+"""The Petastorm dataset of one split, written without Petastorm: Spark's Parquet write with Petastorm's row
+group size, then the ``_common_metadata`` that ``petastorm.etl.dataset_metadata.materialize_dataset`` would add
+(the footer's Arrow schema with the pickled Unischema and the row groups per file, see
+:mod:`imgshards.export.unischema`); the ndarray codec's decode; and the row groups the loader shards by."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterator
 
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from imgshards import imaging
+from imgshards.export.unischema import ROW_GROUPS_PER_FILE_KEY, UNISCHEMA_KEY
 from imgshards.io import storage
+
+COMMON_METADATA = "_common_metadata"
 
 
 def dataset_url(path: str) -> str:
@@ -17,14 +23,13 @@ def dataset_url(path: str) -> str:
     return path if "://" in path else "file://" + path
 
 
-def materialize(spark: SparkSession, url: str, schema, row_group_size_mb: int):
-    """Petastorm's ``materialize_dataset`` for ``url``, object stores included (imgshards.io.petastorm_fs)."""
-    from petastorm.etl.dataset_metadata import materialize_dataset
-
-    from imgshards.io.petastorm_fs import petastorm_location
-
-    location, factory = petastorm_location(url, *storage.s3_settings(spark))
-    return materialize_dataset(spark, location, schema, row_group_size_mb, filesystem_factory=factory)
+def write_dataset(spark: SparkSession, rows: DataFrame, url: str, unischema: bytes, row_group_size_mb: int
+                  ) -> tuple[list, int]:
+    """Write ``rows`` as the Petastorm dataset at ``url`` (replacing what is there): Parquet files with row
+    groups of ``row_group_size_mb`` (a write option, as Petastorm sets ``parquet.block.size``), then
+    ``_common_metadata``. Returns :func:`row_groups` of what was written."""
+    rows.write.mode("overwrite").option("parquet.block.size", row_group_size_mb * 1024 * 1024).parquet(url)
+    return row_groups(spark, url, unischema)
 
 
 def decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -33,19 +38,31 @@ def decode_to_npy(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield batch.assign(image=[imaging.encode(imaging.decode_rgb(data), "raw", 0) for data in batch["image"]])
 
 
-def row_groups(spark: SparkSession, url: str) -> tuple[list, int]:
-    """The Parquet row groups of a written split, in file order ([{file, index, rows}]), and the bytes
-    of its Parquet files."""
+def row_groups(spark: SparkSession, url: str, unischema: bytes) -> tuple[list, int]:
+    """The Parquet row groups of a written split, in file order ([{file, index, rows}]), and the bytes of its
+    Parquet files; writes the split's ``_common_metadata`` from the same footers (the driver reads one footer
+    per file: the split's ``export.files_per_split`` files)."""
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     fs, root = storage.arrow_fs(spark, url)
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=False))
     files = sorted(i.path for i in infos if i.is_file and i.path.endswith(".parquet"))
-    groups = []
+    if not files:
+        raise RuntimeError(f"{url}: the write left no Parquet file")
+    groups, per_file, schema = [], {}, None
     for path in files:
         with fs.open_input_file(path) as f:
             metadata = pq.ParquetFile(f).metadata
+        schema = schema or metadata.schema.to_arrow_schema()
+        per_file[os.path.basename(path)] = metadata.num_row_groups
         for index in range(metadata.num_row_groups):
             groups.append({"file": os.path.basename(path), "index": index, "rows": metadata.row_group(index).num_rows})
+    # As Petastorm's add_to_dataset_metadata: the first file's schema and its key-value metadata (Spark's row
+    # metadata among them), plus the two keys its readers look for.
+    keys = dict(schema.metadata or {})
+    keys[UNISCHEMA_KEY] = unischema
+    keys[ROW_GROUPS_PER_FILE_KEY] = json.dumps(per_file).encode()
+    with fs.open_output_stream(f"{root}/{COMMON_METADATA}") as out:
+        pq.write_metadata(schema.with_metadata(keys), out)
     return groups, sum(i.size for i in infos if i.is_file and i.path.endswith(".parquet"))

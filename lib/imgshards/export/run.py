@@ -17,21 +17,21 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import imgshards
 from imgshards.config import PipelineConfig, join_path
 from imgshards.delta import tables
-from imgshards.export.petastorm import dataset_url, decode_to_npy, materialize, row_groups
+from imgshards.export.petastorm import dataset_url, decode_to_npy, write_dataset
 from imgshards.export.publish import previous_versions, publish_manifest
 from imgshards.export.stats import normalization_stats
+from imgshards.export.unischema import export_schema_summary, export_unischema_pickle
 from imgshards.io import storage
 from imgshards.manifest import CLASSES_FILE, MANIFEST_FILE, VERSION_PREFIX, Manifest, classes_json
 from imgshards.preprocess.samples import select_current
 from imgshards.runtime.background import Background
-from imgshards.schemas import IMAGES_TABLE, PROCESSED_TABLE, SPLITS, export_unischema
+from imgshards.schemas import EXPORT_COLUMNS, IMAGES_TABLE, PROCESSED_TABLE, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -96,21 +96,19 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
         statistics = Background("export", normalization_stats, samples.filter(F.col("split") == "train"))
 
         export = config.export
-        schema = export_unischema(config.preprocess.size, config.preprocess.output_format, export.codec)
+        unischema = export_unischema_pickle(config.preprocess.size, config.preprocess.output_format, export.codec)
         output = config.output
         version_name = VERSION_PREFIX + run_id
         version_dir = join_path(output, version_name)
         splits = {}
         for split in SPLITS:
             url = dataset_url(join_path(version_dir, split))
-            rows = labelled.filter(F.col("split") == split).select(*schema.fields.keys())
+            rows = labelled.filter(F.col("split") == split).select(*EXPORT_COLUMNS)
             if export.codec == "ndarray" and config.preprocess.output_format != "raw":
                 rows = rows.mapInPandas(decode_to_npy, rows.schema)
             # Shuffled before writing, so every row group mixes classes.
             rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
-            with materialize(spark, url, schema, export.row_group_size_mb):
-                rows.write.mode("overwrite").parquet(url)
-            groups, split_bytes = row_groups(spark, url)
+            groups, split_bytes = write_dataset(spark, rows, url, unischema, export.row_group_size_mb)
             written_bytes += split_bytes
             splits[split] = {"path": f"{version_name}/{split}", "rows": sum(counts[split].values()), "per_class": counts[split],
                              "augmented": augmented[split], "bytes": split_bytes, "row_groups": groups}
@@ -138,8 +136,7 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
         package_version=imgshards.__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         config=config.to_dict(),
-        schema={name: {"dtype": np.dtype(f.numpy_dtype).name, "shape": list(f.shape), "codec": str(f.codec)}
-                for name, f in schema.fields.items()},
+        schema=export_schema_summary(config.preprocess.size, config.preprocess.output_format, config.export.codec),
         normalization=stats,
     )
     storage.write_text(spark, join_path(version_dir, MANIFEST_FILE), manifest.to_json(version_name))

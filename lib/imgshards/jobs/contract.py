@@ -20,7 +20,6 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from typing import Callable, Optional, Sequence
 
 from imgshards.config import ConfigError, PipelineConfig, load_config, resolve_local
@@ -163,9 +162,6 @@ def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool =
     ``stop_session``: stop the Spark session at the end; False where the platform owns the session.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Petastorm 0.12 calls pyarrow APIs that pyarrow 14 marks deprecated; they work, the warnings are noise.
-    # (Executors: spark.executorEnv.PYTHONWARNINGS in spark-defaults.conf.)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
     args = job.parser().parse_args(argv)
     try:
         config = config_from_args(args)

@@ -1,12 +1,13 @@
 """Check the Python that the driver and every executor run: interpreter, prefix, where imgshards comes
-from, and the versions of the native packages the jobs need. Exits 1 when an executor lacks one.
+from, the versions of Spark, Delta, pyarrow, numpy and pandas in the JVM and each Python, and the packages the
+jobs need. Exits 1 when an executor lacks one.
 
     ./spark-submit.sh --profile standalone doctor [--min-executors 2]
 """
 import sys
 
 from imgshards.jobs.contract import Job
-from imgshards.observe.doctor import describe_python, executor_environments
+from imgshards.observe.doctor import describe_python, executor_environments, jvm_versions
 
 
 def _arguments(parser):
@@ -17,16 +18,19 @@ def _arguments(parser):
 
 def run(spark, config, args, run_id):
     executors = executor_environments(spark, args.min_executors, args.timeout)
-    return {"ok": not any(e["missing"] for e in executors), "driver": describe_python(), "executors": executors}
+    return {"ok": not any(e["missing"] for e in executors), "jvm": jvm_versions(spark), "driver": describe_python(),
+            "executors": executors}
 
 
 def format_doctor(summary):
-    lines = []
+    jvm = summary["jvm"]
+    lines = [f"jvm       Spark {jvm['spark']}, Delta {jvm['delta'] or 'unknown'}"]
     for role, facts in [("driver", summary["driver"])] + [("executor", e) for e in summary["executors"]]:
         lines.append(f"{role:<9} {facts['host']} python {facts['python']} {facts['prefix']}"
                      f"{'  (packed environment)' if facts['packed_environment'] else ''}")
         imgshards = facts["modules"]["imgshards"]
         lines.append(f"          imgshards {imgshards['file'] if imgshards else 'MISSING'}")
+        lines.append("          " + ", ".join(f"{name} {version or 'MISSING'}" for name, version in facts["stack"].items()))
         if facts["missing"]:
             lines.append(f"          missing: {', '.join(facts['missing'])}")
     lines.append("ok" if summary["ok"] else "NOT OK: an executor lacks packages the jobs need")

@@ -3,11 +3,12 @@
 On a cluster the executors must run the packed environment (``--archives ...#environment``), not whatever
 Python a node happens to have: :func:`executor_environments` runs tasks until every executor has answered
 and reports, per executor, its interpreter, ``sys.prefix``, where ``imgshards`` was imported from and the
-versions of the native packages the jobs need.
+versions of the packages the jobs need; :func:`jvm_versions` adds the Spark and Delta the JVM runs.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import socket
 import sys
@@ -16,8 +17,38 @@ import time
 from pyspark.sql import SparkSession
 
 # Imported by the jobs on executors (DALI only for the DALI backends and augmentation).
-REQUIRED_MODULES = ("imgshards", "numpy", "pandas", "pyarrow", "PIL", "petastorm", "cv2", "yaml")
+REQUIRED_MODULES = ("imgshards", "numpy", "pandas", "pyarrow", "PIL", "cv2", "yaml")
 OPTIONAL_MODULES = ("nvidia.dali",)
+# The stack a run depends on (docs/clusters.md): (distribution, module that has its version where the
+# platform put the package on the path without its metadata, as clusters do with pyspark).
+STACK = (("pyspark", "pyspark"), ("delta-spark", None), ("pyarrow", "pyarrow"), ("numpy", "numpy"),
+         ("pandas", "pandas"))
+
+
+def stack_versions() -> dict:
+    """The version of each :data:`STACK` package in this process (None: not installed)."""
+    versions = {}
+    for distribution, module in STACK:
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            try:
+                versions[distribution] = importlib.import_module(module).__version__ if module else None
+            except ImportError:
+                versions[distribution] = None
+    return versions
+
+
+def jvm_versions(spark: SparkSession) -> dict:
+    """The Spark and Delta versions the driver's JVM runs (Delta's from its jar's manifest; None where the
+    session gives no way into the JVM)."""
+    delta = None
+    try:
+        table_class = spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        delta = table_class.getPackage().getImplementationVersion()
+    except Exception:  # no classic session, or no Delta on the class path
+        pass
+    return {"spark": spark.version, "delta": delta}
 
 
 def describe_python() -> dict:
@@ -42,6 +73,7 @@ def describe_python() -> dict:
         # True where this process runs the archive Spark unpacked into its working directory.
         "packed_environment": os.path.realpath(sys.prefix) == os.path.realpath(environment),
         "modules": modules,
+        "stack": stack_versions(),
         "missing": [name for name in REQUIRED_MODULES if modules[name] is None],
     }
 
