@@ -11,6 +11,7 @@ import os
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
@@ -230,6 +231,29 @@ def test_batches_are_bounded_by_bytes_and_pixels():
     assert batch_records(8_000_000, 24_000_000) == BATCH_PIXELS // 24_000_000 == 5  # 24 Mpx: decoded size rules
     assert batch_records(BATCH_BYTES // 3, 1000) == 3  # big files of few pixels: encoded size rules
     assert batch_records(None, None) == 64 and batch_records(2**31, 10**9) == 1  # empty table; one huge image
+    # Spark 4 bounds the bytes itself (ARROW_BATCH_BYTES): the rows then bound the decoded pixels only.
+    assert batch_records(None, 1000) == 64 and batch_records(None, 24_000_000) == 5
+
+
+def test_spark_4_cuts_the_arrow_batches_of_a_pandas_udf_by_bytes(spark):
+    """What preprocess relies on where Spark has ARROW_BATCH_BYTES: rows of ~7.5 MB each, at most 64 rows a
+    batch and 32 MB, reach the UDF in batches that end once past 32 MB (5 rows), not 64 rows."""
+    from pyspark.sql import functions as F
+
+    from imgshards.delta.tables import temporary_conf
+    from imgshards.preprocess.run import ARROW_BATCH_BYTES
+
+    if int(spark.version.split(".")[0]) < 4:
+        pytest.skip(f"Spark {spark.version} bounds Arrow batches by rows only")
+    rows = spark.range(0, 20, numPartitions=1).select(F.expr("unbase64(repeat('AAAA', 2500000))").alias("b"))
+
+    def lengths(batches):
+        for batch in batches:
+            yield pd.DataFrame({"n": [len(batch)]})
+
+    with temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", "64"), \
+            temporary_conf(spark, ARROW_BATCH_BYTES, str(32 * 1024 * 1024)):
+        assert [r.n for r in rows.mapInPandas(lengths, "n long").collect()] == [5, 5, 5, 5]
 
 
 def test_a_table_from_an_older_version_is_named_not_written(spark, tmp_path):

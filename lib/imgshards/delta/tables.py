@@ -132,8 +132,11 @@ def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = No
 
 
 @contextlib.contextmanager
-def temporary_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
-    """Set a Spark SQL setting for the block, then put back what was there."""
+def temporary_conf(spark: SparkSession, key: str, value: Optional[str]) -> Iterator[None]:
+    """Set a Spark SQL setting for the block, then put back what was there (``value`` None: leave it)."""
+    if value is None:
+        yield
+        return
     previous = spark.conf.get(key, None)
     spark.conf.set(key, value)
     try:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 PREPROCESS_STAGE = "preprocess"
 BATCH_BYTES = 64 * 1024 * 1024  # encoded bytes of one Arrow batch, at most
 BATCH_PIXELS = 128_000_000  # decoded pixels of one batch, at most (x3 bytes in RGB)
+ARROW_BATCH_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"  # Spark 4: a batch ends past this many bytes
 
 _RESULT_TYPES = {"image": BinaryType(), "width": IntegerType(), "height": IntegerType()}
 _RESULT_TYPE = StructType([StructField(name, _RESULT_TYPES.get(name, StringType()), True) for name in RESULT_COLUMNS])
@@ -142,9 +143,13 @@ def _preprocess_version(spark: SparkSession, config: PipelineConfig, run_id: str
     images = images.filter(F.col("deleted_at").isNull())
     live, *largest = images.agg(F.count(F.lit(1)), F.max("size_bytes"),
                                 F.max(F.col("width").cast("long") * F.col("height"))).head()
-    records = str(batch_records(*largest))
+    # Spark 4 cuts Arrow batches by bytes as well as rows: the byte bound goes to Spark, which then packs many
+    # small images and few large ones into a batch, and the rows bound only the decoded pixels.
+    by_bytes = int(spark.version.split(".")[0]) >= 4
+    records = str(batch_records(None if by_bytes else largest[0], largest[1]))
     with tables.spread_scans(spark), \
             tables.temporary_conf(spark, "spark.sql.execution.arrow.maxRecordsPerBatch", records), \
+            tables.temporary_conf(spark, ARROW_BATCH_BYTES, str(BATCH_BYTES) if by_bytes else None), \
             tables.temporary_conf(spark, "spark.sql.parquet.columnarReaderBatchSize", records), \
             progress.stage("preprocess", images=live):
         return _run_preprocess(spark, config, run_id, images, version, live)
@@ -152,7 +157,8 @@ def _preprocess_version(spark: SparkSession, config: PipelineConfig, run_id: str
 
 def batch_records(largest_bytes: Optional[int], largest_pixels: Optional[int]) -> int:
     """Rows per Arrow batch (and per DALI batch) so that a batch of the largest images stays within
-    BATCH_BYTES encoded and BATCH_PIXELS decoded: Spark 3.5 bounds Arrow batches by rows only."""
+    BATCH_BYTES encoded and BATCH_PIXELS decoded. ``largest_bytes`` None: Spark bounds the bytes itself
+    (:data:`ARROW_BATCH_BYTES`, Spark 4); Spark 3.5 bounds Arrow batches by rows only."""
     by_bytes = BATCH_BYTES // max(largest_bytes or 1, 1)
     by_pixels = BATCH_PIXELS // max(largest_pixels or 1, 1)
     return int(max(1, min(dali.MAX_BATCH, by_bytes, by_pixels)))
