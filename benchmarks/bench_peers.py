@@ -11,7 +11,9 @@ it times, as whole processes, in one run:
     files by path), the latter being the job Ray does (Ray keeps no copy of the sources either).
 Prints a Markdown table of images/s.
 
-    .venv/bin/python benchmarks/bench_peers.py [--scales 1 4 8] [--base 5000]
+With --stacks spark4 spark35 the pipeline rows are timed on each stack (IMGSHARDS_STACK) in the same run.
+
+    .venv/bin/python benchmarks/bench_peers.py [--scales 1 4 8] [--base 5000] [--stacks spark4 spark35]
 """
 from __future__ import annotations
 
@@ -84,12 +86,18 @@ def args_parser():
     parser.add_argument("--base", type=int, default=5000, help="images at scale 1")
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
+    parser.add_argument("--stacks", nargs="+", default=["spark4"], choices=["spark4", "spark35"],
+                        help="the stacks whose pipeline is timed (scripts/setup.sh --stack)")
     return parser
 
 
 def _main(argv=None) -> int:
     args = args_parser().parse_args(argv)
     python = ray_python()
+    for stack in args.stacks:  # set up, and the launcher's one-time class-data archive made, before timing
+        subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "--stack", stack], check=True)
+        timed([LAUNCHER, "history", "--warehouse", os.path.join(tempfile.gettempdir(), f"bench-peers-warm-{stack}")],
+              os.devnull, env={"IMGSHARDS_STACK": stack})
     work = args.workdir or tempfile.mkdtemp(prefix="bench-peers-")
     rows = []
     try:
@@ -108,27 +116,28 @@ def _main(argv=None) -> int:
             if written != count:
                 raise SystemExit(f"Ray wrote {written} rows for {count} files")
             shutil.rmtree(ray_out, ignore_errors=True)
-            pipelines = []
-            for content in CONTENT_MODES:
-                pipeline_work = os.path.join(work, f"pipeline-{content}-{scale}x")
-                pipelines.append(timed(
-                    [LAUNCHER, "pipeline", "--input", raw,
-                     "--warehouse", os.path.join(pipeline_work, "warehouse"), "--output", os.path.join(pipeline_work, "shards"),
-                     "--set", f"workdir={json.dumps(pipeline_work)}", "--set", f"ingest.content={content}"],
-                    os.path.join(work, f"pipeline-{content}-{scale}x.log")))
-                shutil.rmtree(pipeline_work, ignore_errors=True)
-            rows.append((scale, count, loop, ray, *pipelines))
+            for stack in args.stacks:
+                pipelines = []
+                for content in CONTENT_MODES:
+                    pipeline_work = os.path.join(work, f"pipeline-{stack}-{content}-{scale}x")
+                    pipelines.append(timed(
+                        [LAUNCHER, "pipeline", "--input", raw, "--warehouse", os.path.join(pipeline_work, "warehouse"),
+                         "--output", os.path.join(pipeline_work, "shards"),
+                         "--set", f"workdir={json.dumps(pipeline_work)}", "--set", f"ingest.content={content}"],
+                        os.path.join(work, f"pipeline-{stack}-{content}-{scale}x.log"), env={"IMGSHARDS_STACK": stack}))
+                    shutil.rmtree(pipeline_work, ignore_errors=True)
+                rows.append((scale, count, stack, loop, ray, *pipelines))
             shutil.rmtree(raw, ignore_errors=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{os.cpu_count()} cores; {SIZE} px JPEG q90 output; images/s over whole processes\n")
-    print("| scale | images | loop, 2 processes | Ray Data 2.60 | pipeline, copy | pipeline, reference "
+    print("| scale | images | stack | loop, 2 processes | Ray Data 2.60 | pipeline, copy | pipeline, reference "
           "| copy / Ray | reference / Ray | reference / loop |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for scale, count, loop, ray, copy, reference in rows:
-        print(f"| {scale}x | {count} | {count / loop:.0f} | {count / ray:.0f} | {count / copy:.0f} | {count / reference:.0f} "
-              f"| {ray / copy:.2f} | {ray / reference:.2f} | {loop / reference:.2f} |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scale, count, stack, loop, ray, copy, reference in rows:
+        print(f"| {scale}x | {count} | {stack} | {count / loop:.0f} | {count / ray:.0f} | {count / copy:.0f} "
+              f"| {count / reference:.0f} | {ray / copy:.2f} | {ray / reference:.2f} | {loop / reference:.2f} |")
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import multiprocessing
 import os
 import shutil
@@ -124,6 +125,9 @@ def naive_udf_rate(spark, config, raw: str, work: str) -> float:
     return n / (time.perf_counter() - start)
 
 
+DALI = importlib.util.find_spec("nvidia.dali") is not None
+
+
 def args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default=SHARED_PHOTOS)
@@ -163,7 +167,8 @@ def _main(argv=None) -> int:
             a_nodraft = loop_rate(files, args.size, draft=False)
             b, b_rss, n = job_rate(spark, config, raw, "pil", work)
             t = transform_rate(spark, config, raw, work)
-            c, c_rss, _ = job_rate(spark, config, raw, "dali-cpu", work)
+            # DALI is in the default stack only (the gpu extra); elsewhere its column says n/a.
+            c, c_rss = job_rate(spark, config, raw, "dali-cpu", work)[:2] if DALI else (float("nan"), float("nan"))
             d = naive_udf_rate(spark, config, raw, work)
             tables.append((label, n, a, a2, a_nodraft, b, t, b_rss, c, c_rss, d))
     finally:

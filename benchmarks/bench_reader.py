@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import io
 import os
 import shutil
@@ -89,7 +90,9 @@ def _main(argv=None) -> int:
         spark.stop()
 
     rows = []
-    for backend in ("arrow", "petastorm"):
+    # Petastorm imports only on the Spark 3.5 stack: IMGSHARDS_STACK=spark35 .venv-spark35/bin/python ... adds its row.
+    backends = ["arrow"] + (["petastorm"] if importlib.util.find_spec("petastorm") else [])
+    for backend in backends:
         loader = make_dataloader(config.output, "train", args.batch_size, seed=0, workers=args.workers, backend=backend)
         start = time.perf_counter()
         samples = consume(loader)
