@@ -57,15 +57,34 @@ class Run:
 
 
 def _lines(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """The events of the log at ``path``: one file (plain or .gz), or a rolling log's folder
+    (``eventlog_v2_<app>/events_<n>_<app>[.zstd]``, Spark 4's default), its files in order."""
+    if os.path.isdir(path):
+        parts = [name for name in os.listdir(path) if name.startswith("events_")]
+        for name in sorted(parts, key=lambda n: int(n.split("_")[1])):
+            yield from _lines(os.path.join(path, name))
+        return
+    if path.endswith(".zstd"):
+        import io
+
+        import zstandard
+
+        with open(path, "rb") as raw:
+            stream = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+            lines = list(stream)
+    else:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            lines = list(f)
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
 
 
 def event_log(path: str) -> str:
-    """``path`` itself, or the newest event log in the folder ``path``."""
+    """``path`` itself, or the newest event log (a file, or a rolling log's folder) in the folder ``path``."""
+    if os.path.isdir(path) and os.path.basename(path.rstrip("/")).startswith("eventlog_v2_"):
+        return path
     if os.path.isdir(path):
         logs = [os.path.join(path, name) for name in os.listdir(path) if not name.startswith(".")]
         if not logs:

@@ -25,13 +25,15 @@ case "$stack" in
   spark4)
     venv="${IMGSHARDS_VENV:-$root/.venv}"
     constraints="$root/constraints.txt"
-    extras="local,gpu,train,dev,package"
+    extras="local,connect,gpu,train,dev,package"
     big_wheels=(nvidia-dali-cuda120)
     # The newest Delta release's jars served by Maven Central for Spark 4.2 (Scala 2.13). Only these two:
     # their dependency tree pins older Hadoop and Parquet than Spark 4.2 ships.
     jars=(io.delta:delta-spark_4.2_2.13:4.4.0 io.delta:delta-storage:4.4.0)
-    # S3A for Spark 4.2's Hadoop 3.5.0, with the AWS SDK v2 bundle that Hadoop release names.
-    s3_jars=(org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4)
+    # S3A for Spark 4.2's Hadoop 3.5.0, with the AWS SDK v2 bundle and the S3 analytics accelerator (its
+    # input streams' library) at the versions that Hadoop release names.
+    s3_jars=(org.apache.hadoop:hadoop-aws:3.5.0 software.amazon.awssdk:bundle:2.35.4
+             software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:1.3.1)
     ;;
   spark35)
     venv="${IMGSHARDS_VENV:-$root/.venv-spark35}"

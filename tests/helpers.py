@@ -132,6 +132,32 @@ def moto_server(**env: str):
         yield endpoint
 
 
+@contextlib.contextmanager
+def connect_server(log_path: str):
+    """A real Spark Connect server on 127.0.0.1 (scripts/connect_server.sh, local[2]); yields its sc:// URL
+    and stops it. Its console goes to ``log_path``."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([os.path.join(ROOT, "scripts", "connect_server.sh"), "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Spark Connect server did not start (see {log_path})")
+            time.sleep(0.5)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -91,6 +91,16 @@ def test_executors_run_the_packed_environment(packed_environment, tmp_path):
         assert_runs_packed_environment(facts, cluster_dir)
     # Client mode: the driver runs here, in the project environment.
     assert summary["driver"]["prefix"] == os.path.join(ROOT, ".venv")
+    # The versions of the stack, in the JVM and in every Python: the executors' packed environment has the
+    # driver's pyspark, delta-spark, pyarrow, numpy and pandas; the JVM runs that Spark with the stack's Delta.
+    import pyspark
+
+    assert summary["jvm"]["spark"] == pyspark.__version__
+    assert summary["jvm"]["delta"] and summary["jvm"]["delta"].split(".")[0] == pyspark.__version__.split(".")[0]
+    assert all(summary["driver"]["stack"].values()), summary["driver"]["stack"]
+    for facts in executors:
+        assert facts["stack"] == summary["driver"]["stack"]
+    assert "Spark " + pyspark.__version__ in result.stdout and "numpy " in result.stdout
     assert not os.path.exists(os.path.join(cluster_dir, "master.pid"))  # stopped after the job
     # Stopped, the cluster keeps each executor's logs and none of its copy of the environment (~600 MB each).
     for facts in executors:

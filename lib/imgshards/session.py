@@ -34,6 +34,32 @@ def delta_jars(jars_dir: str) -> list:
 SPARK_DEFAULTS = os.path.join(os.path.dirname(__file__), "spark-defaults.conf")
 
 
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session: no SparkContext, no RDDs, no accumulators, no py4j."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark) -> int:
+    """The cores Spark schedules tasks on: the SparkContext's default parallelism on a classic session; on a
+    Spark Connect session, ``spark.default.parallelism`` where set, else the cores of a ``local[N]`` master,
+    else the shuffle partitions."""
+    if not is_connect(spark):
+        return spark.sparkContext.defaultParallelism
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    master = spark.conf.get("spark.master", None) or ""
+    if master.startswith("local"):
+        cores = master[len("local["):].split(",")[0].rstrip("]") if "[" in master else "1"
+        return os.cpu_count() or 1 if cores == "*" else int(cores)
+    return int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
+
+
+def application_id(spark) -> str:
+    """The Spark application's id, on a classic or a Spark Connect session."""
+    return spark.sparkContext.applicationId if not is_connect(spark) else spark.conf.get("spark.app.id")
+
+
 def spark_defaults() -> dict:
     """The settings of spark-defaults.conf (the ones spark-submit.sh also applies), as a dict."""
     return read_properties(SPARK_DEFAULTS)

@@ -7,12 +7,15 @@ import json
 import logging
 import random
 import time
+import uuid
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
+
+from imgshards.session import default_parallelism, is_connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,24 +63,93 @@ _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _CREATED_HERE: set = set()  # tables this process created (empty, at version 0)
 
 
-def ensure_table(spark: SparkSession, path: str, schema: StructType) -> DeltaTable:
-    """Return the Delta table at ``path``, creating it empty with ``schema`` if it does not exist."""
+# On a Spark Connect session the Delta Python API needs Delta's Connect server plugin, which a platform may
+# not have; there the same operations go through Delta's SQL on the table's path (``delta.`<path>```).
+
+
+def _sql_name(path: str) -> str:
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def is_delta_table(spark: SparkSession, path: str) -> bool:
+    if not is_connect(spark):
+        return DeltaTable.isDeltaTable(spark, path)
+    found = _commit_files(spark, path)
+    if found is not None:
+        return bool(found[1])
+    try:
+        spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").collect()
+        return True
+    except Exception:
+        return False
+
+
+def table_frame(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.format("delta").load(path)
+
+
+def ensure_table(spark: SparkSession, path: str, schema: StructType) -> None:
+    """Create the Delta table at ``path`` empty with ``schema`` if it does not exist; fail naming the columns
+    it lacks where an older version wrote it."""
     def create() -> None:
-        if not DeltaTable.isDeltaTable(spark, path):
+        if not is_delta_table(spark, path):
             log.info("creating Delta table %s", path)
             # A metadata-only first commit (no empty Parquet file, no write job), a fraction of the
             # time of writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
             nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
-            DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
+            if is_connect(spark):
+                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in nullable.fields)
+                spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(path)} ({columns}) USING delta").collect()
+            else:
+                DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
             _CREATED_HERE.add(path)
 
     retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
-    table = DeltaTable.forPath(spark, path)
-    missing = [name for name in schema.fieldNames() if name not in table.toDF().columns]
+    missing = [name for name in schema.fieldNames() if name not in table_frame(spark, path).columns]
     if missing:
         raise TableVersionError(f"{path} was written by an older imgshards and lacks the columns {missing}; "
                                 f"move it aside (processed is remade from images by the next preprocess)")
-    return table
+
+
+def merge(spark: SparkSession, path: str, source: DataFrame, condition: str, *, delete_when: Optional[str] = None,
+          update_all_when: Optional[str] = None, update_set: Optional[dict] = None, insert_all: bool = False) -> None:
+    """MERGE ``source`` (alias ``s``) into the table at ``path`` (alias ``t``) on ``condition``: matched rows
+    deleted where ``delete_when`` holds, updated from ``s`` where ``update_all_when`` holds or set by
+    ``update_set`` (column -> SQL expression), unmatched rows inserted with ``insert_all``."""
+    if not is_connect(spark):
+        builder = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
+        if delete_when:
+            builder = builder.whenMatchedDelete(condition=delete_when)
+        if update_all_when:
+            builder = builder.whenMatchedUpdateAll(condition=update_all_when)
+        if update_set:
+            builder = builder.whenMatchedUpdate(set=update_set)
+        if insert_all:
+            builder = builder.whenNotMatchedInsertAll()
+        builder.execute()
+        return
+    clauses = []
+    if delete_when:
+        clauses.append(f"WHEN MATCHED AND ({delete_when}) THEN DELETE")
+    if update_all_when:
+        clauses.append(f"WHEN MATCHED AND ({update_all_when}) THEN UPDATE SET *")
+    if update_set:
+        clauses.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"t.`{k}` = {v}" for k, v in update_set.items()))
+    if insert_all:
+        clauses.append("WHEN NOT MATCHED THEN INSERT *")
+    view = f"imgshards_merge_{uuid.uuid4().hex}"
+    source.createOrReplaceTempView(view)
+    try:
+        spark.sql(f"MERGE INTO {_sql_name(path)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
+    finally:
+        spark.catalog.dropTempView(view)
+
+
+def history_frame(spark: SparkSession, path: str, limit: int) -> DataFrame:
+    """Delta's DESCRIBE HISTORY of the table, newest first (a Spark job and a log replay)."""
+    if is_connect(spark):
+        return spark.sql(f"DESCRIBE HISTORY {_sql_name(path)} LIMIT {int(limit)}")
+    return DeltaTable.forPath(spark, path).history(limit)
 
 
 def latest_version(spark: SparkSession, path: str) -> int:
@@ -85,15 +157,16 @@ def latest_version(spark: SparkSession, path: str) -> int:
     Spark job); where that class is not there (Databricks ships Delta under other names), or where there is
     no table (the log says -1), from the table's history (a Spark job; it raises for no table)."""
     version = -1
-    try:
-        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-        none = spark._jvm.scala.Option.empty()
-        version = int(delta_log.update(False, none, none).version())
-    except Exception as e:
-        log.debug("Delta log of %s not asked directly (%s); reading its history", path, type(e).__name__)
+    if not is_connect(spark):
+        try:
+            delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+            none = spark._jvm.scala.Option.empty()
+            version = int(delta_log.update(False, none, none).version())
+        except Exception as e:
+            log.debug("Delta log of %s not asked directly (%s); reading its history", path, type(e).__name__)
     if version >= 0:
         return version
-    return DeltaTable.forPath(spark, path).history(1).select("version").head()[0]
+    return history_frame(spark, path, 1).select("version").head()[0]
 
 
 def _commit_files(spark: SparkSession, path: str) -> Optional[tuple]:
@@ -122,7 +195,7 @@ def log_version(spark: SparkSession, path: str) -> Optional[int]:
 
 def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
     """Read a Delta table, at ``as_of_version`` or the latest; returns the DataFrame and the version read."""
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not is_delta_table(spark, path):
         raise FileNotFoundError(f"no Delta table at {path}; run the stage that creates it first")
     latest = latest_version(spark, path)
     version = latest if as_of_version is None else as_of_version
@@ -157,7 +230,7 @@ SCAN_TASKS_PER_CORE = 4
 def spread_scans(spark: SparkSession):
     """File scans planned inside the block split into at least SCAN_TASKS_PER_CORE tasks per core (as far as
     the files' row groups allow)."""
-    tasks = str(SCAN_TASKS_PER_CORE * spark.sparkContext.defaultParallelism)
+    tasks = str(SCAN_TASKS_PER_CORE * default_parallelism(spark))
     return temporary_conf(spark, "spark.sql.files.minPartitionNum", tasks)
 
 
@@ -183,16 +256,15 @@ def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, 
 
 
 def _drop_repeated_keys(spark: SparkSession, path: str, keys: Sequence[str], run_id: str) -> None:
-    table = spark.read.format("delta").load(path)
+    table = table_frame(spark, path)
     mine = table.filter(F.col("run_id") == run_id).select(*keys)
     repeated = (table.join(mine, list(keys), "left_semi").groupBy(*keys)
                 .agg(F.min("run_id").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").persist())
     try:
         n = repeated.count()
         if n:
-            condition = " AND ".join(f"t.`{k}` = r.`{k}`" for k in keys)
-            DeltaTable.forPath(spark, path).alias("t").merge(repeated.alias("r"), condition) \
-                .whenMatchedDelete(condition="t.run_id <> r.keep").execute()
+            condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+            merge(spark, path, repeated, condition, delete_when="t.run_id <> s.keep")
             log.warning("%s: another writer appended %d of the same keys at the same time; the rows of the "
                         "earliest run id were kept", path, n)
     finally:
@@ -221,7 +293,7 @@ def upsert(
     ``run_id`` (the rows' run_id column): when this process has just created the table (still at its empty
     version 0), the rows are appended instead (see :func:`append`; a concurrent writer's same keys are
     resolved there). Not for tables whose rows must also be checked against each other (images)."""
-    table = ensure_table(spark, path, schema)
+    ensure_table(spark, path, schema)
     before = latest_version(spark, path)
     if run_id is not None and before == 0 and path in _CREATED_HERE:
         rows = rows.persist()
@@ -232,17 +304,14 @@ def upsert(
             rows.unpersist()
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     if check_first:
-        target = table.toDF().alias("t")
+        target = table_frame(spark, path).alias("t")
         changes = F.col(f"t.`{keys[0]}`").isNull()
         if update_when is not None:
             changes = changes | F.expr(update_when)
         if rows.alias("s").join(target, F.expr(condition), "left").filter(changes).limit(1).count() == 0:
             return 0
-    merge = table.alias("t").merge(rows.select(*schema.fieldNames()).alias("s"), condition)
-    if update_when is not None:
-        merge = merge.whenMatchedUpdateAll(condition=update_when)
-    merge.whenNotMatchedInsertAll().execute()
-    metrics = table.history(1).select("version", "operation", "operationMetrics").head()
+    merge(spark, path, rows.select(*schema.fieldNames()), condition, update_all_when=update_when, insert_all=True)
+    metrics = history_frame(spark, path, 1).select("version", "operation", "operationMetrics").head()
     if metrics["version"] == before or metrics["operation"] != "MERGE":
         return 0  # Delta commits nothing when a MERGE has nothing to do
     m = metrics["operationMetrics"] or {}
@@ -273,9 +342,9 @@ def history(spark: SparkSession, path: str, limit: int = 20) -> list:
 
 
 def _described_history(spark: SparkSession, path: str, limit: int) -> list:
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not is_delta_table(spark, path):
         return []
-    rows = DeltaTable.forPath(spark, path).history(limit).select(
+    rows = history_frame(spark, path, limit).select(
         "version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
     return [_history_row(r["version"], r["timestamp"], r["operation"], r["userMetadata"], r["operationMetrics"])
             for r in rows]

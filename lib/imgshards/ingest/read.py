@@ -19,6 +19,7 @@ from imgshards.config import LabelsConfig, PipelineConfig
 from imgshards.delta import tables
 from imgshards.ingest.rules import extension_glob, group_from_path, label_from_path
 from imgshards.io.filesystems import open_source
+from imgshards.session import default_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,7 @@ def listed_files(spark: SparkSession, listed: dict) -> DataFrame:
     """(path, length) of the files the driver listed (path -> size in bytes), in tasks of at most
     LISTED_TASK_BYTES: the input of the pass over local files, which the Python workers read themselves.
     Spark's binaryFile would list the folder a second time for nothing."""
-    sc = spark.sparkContext
-    tasks = max(LISTED_TASKS_PER_CORE * sc.defaultParallelism, -(-sum(listed.values()) // LISTED_TASK_BYTES))
+    tasks = max(LISTED_TASKS_PER_CORE * default_parallelism(spark), -(-sum(listed.values()) // LISTED_TASK_BYTES))
     paths = sorted(listed)
     frame = pd.DataFrame({"id": range(len(paths)), "path": paths, "length": [listed[p] for p in paths]})
     # Through Arrow into the JVM, then spread over the tasks by a range join: every scan of it stays in the

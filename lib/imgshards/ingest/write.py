@@ -198,9 +198,8 @@ def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_
         n = gone.count()
         if n:
             with tables.commit_metadata(spark, {"job": "ingest", "run_id": run_id, "marked_deleted": n}):
-                tables.retry_on_conflict("mark_deleted", lambda: tables.ensure_table(
-                    spark, images_path, IMAGES_SCHEMA).alias("t").merge(gone.alias("s"), "t.path = s.path")
-                    .whenMatchedUpdate(set={"deleted_at": "current_timestamp()"}).execute())
+                tables.retry_on_conflict("mark_deleted", lambda: tables.merge(
+                    spark, images_path, gone, "t.path = s.path", update_set={"deleted_at": "current_timestamp()"}))
     finally:
         gone.unpersist()
     return n

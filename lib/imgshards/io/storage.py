@@ -4,7 +4,11 @@ configuration; and pyarrow's file systems, configured from that same Hadoop conf
 native call does what would be a py4j round trip per file (listing an S3 prefix).
 
 S3 endpoints come from ``storage.s3.*`` or the environment (:func:`configure_hadoop`); credentials only
-from the environment, a profile or the instance role, never from settings."""
+from the environment, a profile or the instance role, never from settings.
+
+A Spark Connect session has no way into the JVM: there the S3A settings go into the session's own
+configuration (which Spark copies into the Hadoop configuration of the session's reads and writes), and
+every file operation of the driver goes through pyarrow's file systems."""
 from __future__ import annotations
 
 import os
@@ -17,6 +21,7 @@ from pyspark.sql import SparkSession
 
 from imgshards.config import PipelineConfig
 from imgshards.io.filesystems import arrow_filesystem, is_s3, s3_endpoint, s3_region
+from imgshards.session import is_connect
 
 # Fail fast on an unreachable or misconfigured S3 endpoint instead of S3A's minutes of retries.
 CHECK_TIMEOUT_S = 10.0
@@ -30,10 +35,29 @@ class StorageError(OSError):
     """A location that cannot be used: unreachable endpoint, missing bucket, rejected credentials."""
 
 
+class _SessionHadoopConf:
+    """The Hadoop settings of a Spark Connect session: its own configuration (``fs.*`` keys, which Spark
+    copies into the Hadoop configuration of the session's reads and writes), then the cluster's
+    ``spark.hadoop.*``."""
+
+    def __init__(self, spark: SparkSession):
+        self._conf = spark.conf
+
+    def get(self, key: str) -> Optional[str]:
+        return self._conf.get(key, None) or self._conf.get("spark.hadoop." + key, None)
+
+    def set(self, key: str, value: str) -> None:
+        self._conf.set(key, value)
+
+
+def _hadoop_conf(spark: SparkSession):
+    return _SessionHadoopConf(spark) if is_connect(spark) else spark.sparkContext._jsc.hadoopConfiguration()
+
+
 def configure_hadoop(spark: SparkSession, config: PipelineConfig) -> None:
     """Point Hadoop's S3A connector (s3a://, and s3:// where the platform has not mapped it to its own) at
     ``storage.s3`` or the environment's endpoint. Nothing is set for AWS itself with no settings."""
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    conf = _hadoop_conf(spark)
     if conf.get("fs.s3.impl") is None:  # EMR maps s3:// to EMRFS and Databricks to its own; elsewhere S3A
         conf.set("fs.s3.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
     s3 = config.storage.s3
@@ -50,7 +74,7 @@ def configure_hadoop(spark: SparkSession, config: PipelineConfig) -> None:
 
 def s3_settings(spark: SparkSession) -> tuple:
     """(endpoint URL, path style, region) of S3 as the session's Hadoop configuration has them."""
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    conf = _hadoop_conf(spark)
     endpoint: Optional[str] = conf.get("fs.s3a.endpoint")
     if endpoint and "://" not in endpoint:
         endpoint = ("https://" if conf.get("fs.s3a.connection.ssl.enabled") != "false" else "http://") + endpoint
@@ -110,18 +134,27 @@ def _fs_and_path(spark: SparkSession, url: str):
 
 def qualify(spark: SparkSession, url: str) -> str:
     """The fully qualified form of ``url`` (``/data`` -> ``file:/data``)."""
+    if is_connect(spark):
+        return url if "://" in url else "file:" + os.path.abspath(url.removeprefix("file:"))
     fs, path = _fs_and_path(spark, url)
     return fs.makeQualified(path).toString()
 
 
-def require_dir(spark: SparkSession, root: str):
-    """Raise :class:`InputPathError` unless ``root`` is an existing folder; returns (fs, path)."""
+def require_dir(spark: SparkSession, root: str) -> None:
+    """Raise :class:`InputPathError` unless ``root`` is an existing folder."""
+    if is_connect(spark):
+        fs, path = arrow_fs(spark, root)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise InputPathError(f"input path does not exist: {root}")
+        if kind == pafs.FileType.File:
+            raise InputPathError(f"input path is a file, not a folder: {root}")
+        return
     fs, path = _fs_and_path(spark, root)
     if not fs.exists(path):
         raise InputPathError(f"input path does not exist: {root}")
     if fs.getFileStatus(path).isFile():
         raise InputPathError(f"input path is a file, not a folder: {root}")
-    return fs, path
 
 
 def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
@@ -131,13 +164,13 @@ def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
     (the object store's own paging: 1,000 keys a request); other file systems through Hadoop's FileSystem
     over py4j, which costs a few milliseconds a file on the driver.
     """
-    fs, path = require_dir(spark, root)
-    base = fs.makeQualified(path).toString().rstrip("/")
+    require_dir(spark, root)
+    base = qualify(spark, root).rstrip("/")
     if base.startswith("file:"):
         yield from _walk_local(base)
         return
-    if is_s3(base):
-        yield from _list_s3(spark, base)
+    if is_s3(base) or is_connect(spark):
+        yield from _list_arrow(spark, base)
         return
     yield from list_hadoop(spark, base)
 
@@ -153,7 +186,8 @@ def list_hadoop(spark: SparkSession, base: str) -> Iterator[ListedFile]:
                          modified_ns=int(st.getModificationTime()) * 1_000_000)
 
 
-def _list_s3(spark: SparkSession, base: str) -> Iterator[ListedFile]:
+def _list_arrow(spark: SparkSession, base: str) -> Iterator[ListedFile]:
+    """pyarrow's recursive listing: for S3 one call that pages through the keys natively."""
     arrow, path = arrow_fs(spark, base)
     scheme = urlparse(base).scheme
     for info in arrow.get_file_info(pafs.FileSelector(path, recursive=True)):
@@ -180,6 +214,12 @@ def _walk_local(base: str) -> Iterator[ListedFile]:
 
 def file_status(spark: SparkSession, url: str) -> tuple:
     """(size in bytes, modification time in ms) of the file at ``url``."""
+    if is_connect(spark):
+        arrow, where = arrow_fs(spark, url)
+        info = arrow.get_file_info(where)
+        if info.type != pafs.FileType.File:
+            raise InputPathError(f"no such file: {url}")
+        return int(info.size), int(info.mtime_ns or 0) // 1_000_000
     fs, path = _fs_and_path(spark, url)
     if not fs.exists(path):
         raise InputPathError(f"no such file: {url}")
@@ -189,6 +229,12 @@ def file_status(spark: SparkSession, url: str) -> tuple:
 
 def write_text(spark: SparkSession, url: str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``url``, replacing it."""
+    if is_connect(spark):
+        arrow, where = arrow_fs(spark, url)
+        arrow.create_dir(where.rsplit("/", 1)[0], recursive=True)
+        with arrow.open_output_stream(where) as out:
+            out.write(text.encode("utf-8"))
+        return
     fs, path = _fs_and_path(spark, url)
     out = fs.create(path, True)
     try:
@@ -198,11 +244,23 @@ def write_text(spark: SparkSession, url: str, text: str) -> None:
 
 
 def delete(spark: SparkSession, url: str) -> None:
+    if is_connect(spark):
+        arrow, where = arrow_fs(spark, url)
+        kind = arrow.get_file_info(where).type
+        if kind == pafs.FileType.Directory:
+            arrow.delete_dir(where)
+        elif kind == pafs.FileType.File:
+            arrow.delete_file(where)
+        return
     fs, path = _fs_and_path(spark, url)
     fs.delete(path, True)
 
 
 def rename(spark: SparkSession, src: str, dst: str) -> None:
+    if is_connect(spark):
+        arrow, source = arrow_fs(spark, src)
+        arrow.move(source, arrow_fs(spark, dst)[1])
+        return
     fs, src_path = _fs_and_path(spark, src)
     dst_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(dst)
     if not fs.rename(src_path, dst_path):

@@ -40,13 +40,12 @@ def stack_versions() -> dict:
 
 
 def jvm_versions(spark: SparkSession) -> dict:
-    """The Spark and Delta versions the driver's JVM runs (Delta's from its jar's manifest; None where the
-    session gives no way into the JVM)."""
+    """The Spark and Delta versions the driver's JVM runs (Delta's from its ``io.delta.VERSION``; None where
+    the session gives no way into the JVM, or the platform ships Delta under other names)."""
     delta = None
     try:
-        table_class = spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-        delta = table_class.getPackage().getImplementationVersion()
-    except Exception:  # no classic session, or no Delta on the class path
+        delta = str(getattr(getattr(spark.sparkContext._jvm.io.delta, "package$"), "MODULE$").VERSION())
+    except Exception:  # a Spark Connect session, or no open-source Delta on the class path
         pass
     return {"spark": spark.version, "delta": delta}
 
@@ -83,22 +82,44 @@ def _registered_executors(spark: SparkSession) -> int:
     return spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
 
 
+def _probe(batches):
+    """mapInPandas body: one row with this Python's :func:`describe_python` as JSON."""
+    import json
+
+    import pandas as pd
+
+    time.sleep(0.2)  # long enough that every executor's cores take tasks
+    for _ in batches:
+        pass
+    yield pd.DataFrame({"facts": [json.dumps(describe_python())]})
+
+
 def executor_environments(spark: SparkSession, min_executors: int = 1, timeout_s: float = 120.0) -> list:
     """One :func:`describe_python` per executor (keyed by its working directory), after waiting up to
-    ``timeout_s`` for ``min_executors`` executors to register; raises TimeoutError if they do not."""
+    ``timeout_s`` for ``min_executors`` executors; raises TimeoutError if they do not come. Asked by a SQL
+    pandas function, as the jobs' own code runs, so a Spark Connect session answers too (there, without
+    the executors' registry, by asking again until enough have answered)."""
+    import json
+
+    from imgshards.session import default_parallelism, is_connect
+
     deadline = time.monotonic() + timeout_s
-    while _registered_executors(spark) < min_executors:
+    connect = is_connect(spark)
+    while not connect and _registered_executors(spark) < min_executors:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {_registered_executors(spark)} of {min_executors} executors registered "
                                f"within {timeout_s:g} s")
         time.sleep(0.5)
-
-    def probe(_):
-        time.sleep(0.2)  # long enough that every executor's cores take tasks
-        yield describe_python()
-
-    tasks = max(4 * spark.sparkContext.defaultParallelism, 2 * min_executors)
-    by_executor = {}
-    for facts in spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(probe).collect():
-        by_executor.setdefault(facts["cwd"], facts)
+    tasks = max(4 * default_parallelism(spark), 2 * min_executors)
+    by_executor: dict = {}
+    while True:
+        rows = spark.range(0, tasks, numPartitions=tasks).mapInPandas(_probe, "facts string").collect()
+        for row in rows:
+            facts = json.loads(row["facts"])
+            by_executor.setdefault(facts["cwd"], facts)
+        if len(by_executor) >= min_executors or not connect:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(by_executor)} of {min_executors} executors answered within {timeout_s:g} s")
+        time.sleep(1)
     return [by_executor[key] for key in sorted(by_executor)]

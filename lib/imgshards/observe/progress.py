@@ -5,6 +5,9 @@ current pipeline stage) and an accumulator the image functions add to as their t
 the pipeline stage, tasks done of those known so far, images and images/s, and the time left estimated from
 the task rate. The first line comes one interval after the start, so a short run prints none.
 
+A Spark Connect session has neither: there the stages' tasks come from Spark 4's progress handler
+(``registerProgressHandler``), the lines count tasks only, and background work is not told apart.
+
     with progress.track(spark, config.progress.interval_seconds, "pipeline"):
         with progress.stage("ingest", images=len(candidates)):
             ... mapInPandas(functools.partial(fn, done=progress.images_counter()))
@@ -22,7 +25,10 @@ log = logging.getLogger("imgshards.observe.progress")
 
 class Progress:
     def __init__(self, spark, interval_s: float, job: str):
-        self._sc = spark.sparkContext
+        from imgshards.session import is_connect
+
+        self._spark = spark
+        self._sc = None if is_connect(spark) else spark.sparkContext
         self._interval = interval_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -31,22 +37,34 @@ class Progress:
         self.stage_images: Optional[int] = None
         self._stage_started = time.monotonic()
         self._stages: dict = {}  # Spark stage id -> (tasks, completed), for the current pipeline stage
-        self.counter = self._sc.accumulator(0)
+        self.counter = self._sc.accumulator(0) if self._sc is not None else None
         self._counter_base = 0
+        self._reported: dict = {}  # Connect: Spark stage id -> (tasks, completed), from the progress handler
 
     def begin(self, name: str, images: Optional[int]) -> None:
         with self._lock:
             self.stage_name, self.stage_images = name, images
             self._stage_started = time.monotonic()
             self._stages = {}
-            self._counter_base = self.counter.value
+            self._reported = {}
+            self._counter_base = self.counter.value if self.counter is not None else 0
 
     def start(self) -> None:
+        if self._sc is None:
+            self._spark.registerProgressHandler(self._handle)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self._sc is None:
+            self._spark.removeProgressHandler(self._handle)
+
+    def _handle(self, stages, inflight_tasks, operation_id, done) -> None:
+        """Spark Connect's progress handler: the stages of the running operation, as the server reports them."""
+        with self._lock:
+            for info in stages or ():
+                self._reported[info.stage_id] = (info.num_tasks, info.num_completed_tasks)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
@@ -59,6 +77,8 @@ class Progress:
                 log.info(line)
 
     def _refresh(self) -> tuple[int, int]:
+        if self._sc is None:
+            return sum(t for t, _ in self._reported.values()), sum(d for _, d in self._reported.values())
         tracker = self._sc.statusTracker()
         # Active stages first: a stage is active only after its job started, so its job is in the group's.
         active = set(tracker.getActiveStageIds())
@@ -78,7 +98,7 @@ class Progress:
         with self._lock:
             total, done = self._refresh()
             elapsed = time.monotonic() - self._stage_started
-            images = self.counter.value - self._counter_base
+            images = self.counter.value - self._counter_base if self.counter is not None else 0
             name, expected = self.stage_name, self.stage_images
         if not total:
             return ""
@@ -140,5 +160,6 @@ def stage(name: str, images: Optional[int] = None) -> Iterator[None]:
 
 
 def images_counter():
-    """The accumulator that executors add finished images to, or None when progress is off."""
+    """The accumulator that executors add finished images to, or None when progress is off (or the session,
+    Spark Connect, has no accumulators)."""
     return _current.counter if _current is not None else None

@@ -8,6 +8,7 @@ splits, and the pipeline's report gathering its table sections while export runs
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Optional
 
 from pyspark import InheritableThread, SparkContext
@@ -27,7 +28,10 @@ class Background:
         self._call, self._args, self._stage = call, args, stage
         self._value: Any = None
         self._error: Optional[BaseException] = None
-        self._thread = InheritableThread(target=self._run, name=f"imgshards-{stage}", daemon=True)
+        # A classic session's job properties go with the thread; a Spark Connect session (no SparkContext)
+        # has none to carry.
+        thread = InheritableThread if SparkContext._active_spark_context is not None else threading.Thread
+        self._thread = thread(target=self._run, name=f"imgshards-{stage}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:

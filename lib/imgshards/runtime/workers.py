@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from imgshards.runtime.background import Background
+from imgshards.session import application_id, default_parallelism
 
 _started: set = set()  # application ids whose workers were started
 
@@ -24,7 +25,7 @@ def _import_worker_modules(batches):
 
 
 def _start_workers(spark) -> None:
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     # A SQL pandas UDF, not an RDD function: Spark keeps those workers apart (other environment).
     spark.range(0, parallelism, numPartitions=parallelism).mapInPandas(_import_worker_modules, "id long").collect()
 
@@ -39,7 +40,7 @@ def start(spark) -> Background:
 
 def start_once(spark) -> None:
     """:func:`start`, unless it already ran for this Spark application (the workers stay up)."""
-    app = spark.sparkContext.applicationId
+    app = application_id(spark)
     if app not in _started:
         _started.add(app)
         start(spark)

@@ -12,7 +12,6 @@ import os
 from typing import Iterator, Optional
 
 import pandas as pd
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
@@ -35,7 +34,7 @@ AUGMENTED_COPIES = 4  # copies shown per parent
 def _table(spark: SparkSession, config: PipelineConfig, name: str) -> Optional[DataFrame]:
     """The latest version of a table, None when there is none (found by one listing, not a history query)."""
     path = config.table_path(name)
-    if tables.log_version(spark, path) is None and not DeltaTable.isDeltaTable(spark, path):
+    if tables.log_version(spark, path) is None and not tables.is_delta_table(spark, path):
         return None  # (log_version cannot list every scheme; Delta itself has the last word)
     return spark.read.format("delta").load(path)
 

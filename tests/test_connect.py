@@ -1,0 +1,93 @@
+"""Every job on a Spark Connect session (no SparkContext, no py4j), against a real Spark Connect server the
+test starts (scripts/connect_server.sh): the whole pipeline gives the same tables, export and summary as a
+classic run on the same input; a re-run finds nothing new; history and export at an older version work; and
+the client process never starts a JVM."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from imgshards.config import load_config
+from imgshards.jobs.pipeline import run_pipeline
+from imgshards.sample import make_sample_dataset
+
+from helpers import connect_server, loader_samples
+
+pytestmark = pytest.mark.slow
+
+# Runs a job's console entry point (the session the platform gives: here SPARK_REMOTE's) and then checks that
+# this process never had a SparkContext or a JVM gateway.
+_CLIENT = """
+import sys
+from pyspark import SparkContext
+from imgshards.jobs import get_job
+job = get_job(sys.argv[1])
+sys.argv = ["imgshards-" + job.name] + sys.argv[2:]
+rc = job.platform_main()
+assert SparkContext._gateway is None and SparkContext._active_spark_context is None, "a JVM was started"
+sys.exit(rc)
+"""
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    with connect_server(str(tmp_path_factory.mktemp("connect") / "server.log")) as url:
+        yield url
+
+
+def run_on_connect(remote: str, job: str, *args: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", _CLIENT, job, *args], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "SPARK_REMOTE": remote})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    # The summary file as the job's console names it (the pipeline's table, or the JSON of the others).
+    summary_file = re.findall(r'summary[ _]file"?:?\s+"?([^"\s]+)', result.stdout)
+    with open(summary_file[-1]) as f:
+        return json.load(f)
+
+
+def rows(spark, path: str, columns: list) -> list:
+    return sorted(tuple(r) for r in spark.read.format("delta").load(path).select(*columns).collect())
+
+
+def test_the_pipeline_on_spark_connect_equals_a_classic_run(spark, remote, tmp_path):
+    make_sample_dataset(str(tmp_path / "raw"), per_class=16, seed=11)
+    base = load_config(overrides=["preprocess.size=48", "export.files_per_split=2"])
+    runs = {}
+    for kind in ("classic", "connect"):
+        config = dataclasses.replace(base, input=str(tmp_path / "raw"), warehouse=str(tmp_path / kind / "warehouse"),
+                                     output=str(tmp_path / kind / "shards"), workdir=str(tmp_path / kind))
+        if kind == "classic":
+            summary = run_pipeline(spark, config, "classic")
+        else:
+            summary = run_on_connect(remote, "pipeline", "--input", config.input, "--warehouse", config.warehouse,
+                                     "--output", config.output, "--set", "preprocess.size=48",
+                                     "--set", "export.files_per_split=2", "--set", f"workdir={config.workdir}")
+        runs[kind] = (config, summary)
+    (classic, first), (connect, second) = runs["classic"], runs["connect"]
+    for stage, keys in (("ingest", ("seen", "ingested", "duplicates", "quarantined", "skipped_hidden", "skipped_non_image")),
+                        ("preprocess", ("processed", "quarantined")), ("export", ("rows", "classes"))):
+        assert {k: first[stage][k] for k in keys} == {k: second[stage][k] for k in keys}, stage
+    assert second["ingest"]["ingested"] > 0 and second["export"]["rows"]["train"] > 0
+    for table, columns in (("images", ["sha256", "label", "split", "width", "height", "near_dup_cluster"]),
+                           ("quarantine", ["reason", "stage"]), ("duplicates", ["sha256"]),
+                           ("processed", ["sha256", "copy", "split", "label"])):
+        assert rows(spark, classic.table_path(table), columns) == rows(spark, connect.table_path(table), columns), table
+    assert loader_samples(classic.output) == loader_samples(connect.output)
+
+    # A re-run finds its stored state and adds nothing; history and an export of an older version work.
+    again = run_on_connect(remote, "pipeline", "--input", connect.input, "--warehouse", connect.warehouse,
+                           "--output", connect.output, "--set", "preprocess.size=48",
+                           "--set", "export.files_per_split=2", "--set", f"workdir={connect.workdir}")
+    assert again["ingest"]["ingested"] == 0 and again["preprocess"]["processed"] == 0
+    history = run_on_connect(remote, "history", "--warehouse", connect.warehouse, "--set", f"workdir={connect.workdir}")
+    assert history["tables"]["images"][0]["job"] == "ingest"
+    older = run_on_connect(remote, "export", "--warehouse", connect.warehouse, "--output", str(tmp_path / "older"),
+                           "--as-of-version", "1", "--set", "preprocess.size=48", "--set", "export.files_per_split=2",
+                           "--set", f"workdir={connect.workdir}")
+    assert older["export"]["source_version"] == 1 and older["export"]["rows"] == second["export"]["rows"]
