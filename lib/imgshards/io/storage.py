@@ -162,7 +162,8 @@ def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
 
     Local folders are walked with os.scandir (about 4 us a file), S3 prefixes listed in bulk by pyarrow
     (the object store's own paging: 1,000 keys a request); other file systems through Hadoop's FileSystem
-    over py4j, which costs a few milliseconds a file on the driver.
+    over py4j, which costs a few milliseconds a file on the driver (on a Spark Connect session, through
+    pyarrow as well).
     """
     require_dir(spark, root)
     base = qualify(spark, root).rstrip("/")
