@@ -332,7 +332,7 @@ def test_credentials_reach_nothing_a_spark_submit_run_writes(s3, s3_endpoint, ra
                  "--set", f"workdir={json.dumps(str(tmp_path))}", "--set", "preprocess.size=32", timeout=900,
                  env={"SPARK_SUBMIT_OPTS_EXTRA": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events} "
                                                  "--conf spark.eventLog.compress=false"})  # Spark 4 compresses it
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     written = [run.stdout, run.stderr]
     for folder, _, names in os.walk(tmp_path):  # summaries, logs, the event log, the report
         for name in names:
