@@ -23,13 +23,13 @@ case "${1:-}" in
   --stack=*) stack="${1#--stack=}"; shift ;;
 esac
 "$root/scripts/setup.sh" --stack "$stack"
+"$root/scripts/test_tools.sh"
 venv="$root/.venv"
 [[ "$stack" == spark4 ]] || venv="$root/.venv-$stack"
 
 run_suite() {  # stack venv pytest-args...
   local stack="$1" venv="$2"
   shift 2
-  "$root/scripts/test_tools.sh"
   # One local job first, so that the launcher's one-time class-data archive (spark-submit.sh) is made here
   # and not inside a test that times or kills its run (the history job of an empty warehouse: a few seconds).
   mkdir -p .work

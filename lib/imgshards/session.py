@@ -51,7 +51,7 @@ def default_parallelism(spark) -> int:
     master = spark.conf.get("spark.master", None) or ""
     if master.startswith("local"):
         cores = master[len("local["):].split(",")[0].rstrip("]") if "[" in master else "1"
-        return os.cpu_count() or 1 if cores == "*" else int(cores)
+        return (os.cpu_count() or 1) if cores == "*" else int(cores)
     return int(spark.conf.get("spark.sql.shuffle.partitions", "200"))
 
 
