@@ -86,7 +86,7 @@ def job_rate(spark, config, raw: str, backend: str, work: str, runs: int = 2) ->
         run_ingest(spark, cfg, raw, "bench")
     best, peak = 0.0, 0.0
     for _ in range(runs):
-        shutil.rmtree(cfg.table_path("processed"), ignore_errors=True)
+        shutil.rmtree(cfg.table("processed").path, ignore_errors=True)
         with TreePeak(os.getpid()) as rss:  # the Python workers are children of this process's JVM
             start = time.perf_counter()
             counts = run_preprocess(spark, cfg, "bench")

@@ -64,8 +64,11 @@ def s3_endpoint():
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     session = local_session("local[2]", "imgshards-tests", {
+        # Named tables' schemas (tests of tables.schema) in the session's in-memory catalog, here, not in the
+        # directory the tests started from.
+        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse")),
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
         "spark.databricks.delta.snapshotPartitions": "2",

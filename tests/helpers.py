@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 
@@ -133,12 +134,16 @@ def moto_server(**env: str):
 
 
 @contextlib.contextmanager
-def connect_server(log_path: str):
-    """A real Spark Connect server on 127.0.0.1 (scripts/connect_server.sh, local[2]); yields its sc:// URL
-    and stops it. Its console goes to ``log_path``."""
+def connect_server(log_path: str, metastore: Optional[str] = None):
+    """A real Spark Connect server on 127.0.0.1 (scripts/connect_server.sh, local[2]), with a Hive metastore
+    on embedded Derby in ``metastore`` when given; yields its sc:// URL and stops it. Its console goes to
+    ``log_path``."""
     port = free_port()
+    command = [os.path.join(ROOT, "scripts", "connect_server.sh"), "--port", str(port)]
+    if metastore:
+        command += ["--metastore", metastore]
     with open(log_path, "w") as log:
-        server = subprocess.Popen([os.path.join(ROOT, "scripts", "connect_server.sh"), "--port", str(port)],
+        server = subprocess.Popen(command,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180

@@ -122,7 +122,7 @@ def augmented_run(spark, raw_root, tmp_path_factory):
 
 
 def table(spark, config, name):
-    return spark.read.format("delta").load(config.table_path(name))
+    return spark.read.format("delta").load(config.table(name).path)
 
 
 def test_copies_stay_in_their_parents_split_and_balance_the_classes(spark, augmented_run):

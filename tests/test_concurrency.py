@@ -66,9 +66,9 @@ def test_two_ingests_at_once_over_overlapping_inputs(spark, tmp_path):
     counts = in_threads(lambda: run_ingest(first, config, str(one), "run-a"),
                         lambda: run_ingest(second, config, str(two), "run-b"))
 
-    images = spark.read.format("delta").load(config.table_path("images"))
-    duplicates = spark.read.format("delta").load(config.table_path("duplicates"))
-    quarantine = spark.read.format("delta").load(config.table_path("quarantine"))
+    images = spark.read.format("delta").load(config.table("images").path)
+    duplicates = spark.read.format("delta").load(config.table("duplicates").path)
+    quarantine = spark.read.format("delta").load(config.table("quarantine").path)
     paths = Counter(r[0] for t in (images, duplicates, quarantine.filter("stage = 'ingest'")) for r in t.select("path").collect())
     assert max(paths.values()) == 1, [p for p, n in paths.items() if n > 1]
     skipped = sum(c.skipped_hidden + c.skipped_non_image for c in counts)
@@ -90,10 +90,10 @@ def test_two_preprocess_runs_while_an_ingest_commits(spark, tmp_path):
                lambda: run_preprocess(sessions[1], config, "pre-b"),
                lambda: run_ingest(sessions[2], config, str(more), "ingest-2"))
 
-    processed = spark.read.format("delta").load(config.table_path("processed"))
+    processed = spark.read.format("delta").load(config.table("processed").path)
     repeated = processed.groupBy(*SAMPLE_KEY).count().filter("count > 1")
     assert repeated.count() == 0, repeated.limit(5).collect()
     # Every image of the version the preprocess runs read has its sample (from one run or the other).
-    first_version = spark.read.format("delta").option("versionAsOf", 1).load(config.table_path("images"))
+    first_version = spark.read.format("delta").option("versionAsOf", 1).load(config.table("images").path)
     missing = first_version.select("sha256").join(processed.filter(F.col("copy") == 0), "sha256", "left_anti")
     assert missing.count() == 0

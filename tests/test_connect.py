@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from imgshards.config import load_config
+from imgshards.delta import tables
 from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
 
@@ -36,8 +37,14 @@ sys.exit(rc)
 
 
 @pytest.fixture(scope="module")
-def remote(tmp_path_factory):
-    with connect_server(str(tmp_path_factory.mktemp("connect") / "server.log")) as url:
+def metastore(tmp_path_factory):
+    return tmp_path_factory.mktemp("metastore")
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, metastore):
+    """The server, with a Hive metastore on embedded Derby (for the tests of tables by name)."""
+    with connect_server(str(tmp_path_factory.mktemp("connect") / "server.log"), str(metastore)) as url:
         yield url
 
 
@@ -51,8 +58,13 @@ def run_on_connect(remote: str, job: str, *args: str) -> dict:
         return json.load(f)
 
 
-def rows(spark, path: str, columns: list) -> list:
-    return sorted(tuple(r) for r in spark.read.format("delta").load(path).select(*columns).collect())
+def rows(spark, table, columns: list) -> list:
+    return sorted(tuple(r) for r in tables.table_frame(spark, table).select(*columns).collect())
+
+
+TABLE_COLUMNS = (("images", ["sha256", "label", "split", "width", "height", "near_dup_cluster"]),
+                 ("quarantine", ["reason", "stage"]), ("duplicates", ["sha256"]),
+                 ("processed", ["sha256", "copy", "split", "label"]))
 
 
 def test_the_pipeline_on_spark_connect_equals_a_classic_run(spark, remote, tmp_path):
@@ -74,10 +86,8 @@ def test_the_pipeline_on_spark_connect_equals_a_classic_run(spark, remote, tmp_p
                         ("preprocess", ("processed", "quarantined")), ("export", ("rows", "classes"))):
         assert {k: first[stage][k] for k in keys} == {k: second[stage][k] for k in keys}, stage
     assert second["ingest"]["ingested"] > 0 and second["export"]["rows"]["train"] > 0
-    for table, columns in (("images", ["sha256", "label", "split", "width", "height", "near_dup_cluster"]),
-                           ("quarantine", ["reason", "stage"]), ("duplicates", ["sha256"]),
-                           ("processed", ["sha256", "copy", "split", "label"])):
-        assert rows(spark, classic.table_path(table), columns) == rows(spark, connect.table_path(table), columns), table
+    for table, columns in TABLE_COLUMNS:
+        assert rows(spark, classic.table(table), columns) == rows(spark, connect.table(table), columns), table
     assert loader_samples(classic.output) == loader_samples(connect.output)
 
     # A re-run finds its stored state and adds nothing; history and an export of an older version work.
@@ -91,3 +101,65 @@ def test_the_pipeline_on_spark_connect_equals_a_classic_run(spark, remote, tmp_p
                            "--as-of-version", "1", "--set", "preprocess.size=48", "--set", "export.files_per_split=2",
                            "--set", f"workdir={connect.workdir}")
     assert older["export"]["source_version"] == 1 and older["export"]["rows"] == second["export"]["rows"]
+
+
+def test_tables_by_name_in_a_metastore(spark, remote, metastore, tmp_path):
+    """tables.schema: managed tables in the Connect server's Hive metastore (Derby), and external tables
+    named in this classic session's catalog; both runs make the same tables and export, and a re-run, history,
+    an export at an older version and the report work by name."""
+    make_sample_dataset(str(tmp_path / "raw"), per_class=16, seed=11)
+    settings = ["preprocess.size=48", "export.files_per_split=2"]
+    classic = dataclasses.replace(
+        load_config(overrides=settings + ["tables.schema=imgshards_classic", "tables.external=true"]),
+        input=str(tmp_path / "raw"), warehouse=str(tmp_path / "classic" / "warehouse"),
+        output=str(tmp_path / "classic" / "shards"), workdir=str(tmp_path / "classic"))
+    first = run_pipeline(spark, classic, "classic-named")
+    assert first["tables"]["images"] == "`imgshards_classic`.`images`"
+    assert spark.catalog.tableExists("imgshards_classic.images")
+    assert os.path.isdir(tmp_path / "classic" / "warehouse" / "images" / "_delta_log")  # external: where it says
+
+    work = tmp_path / "connect"
+    common = ["--warehouse", str(work / "warehouse"), "--set", f"workdir={work}", "--set", "tables.schema=imgshards_named"]
+    for setting in settings:
+        common += ["--set", setting]
+    second = run_on_connect(remote, "pipeline", "--input", classic.input, "--output", str(work / "shards"), *common)
+    assert second["tables"]["images"] == "`imgshards_named`.`images`"
+    for stage, keys in (("ingest", ("ingested", "duplicates", "quarantined")), ("preprocess", ("processed",)),
+                        ("export", ("rows", "classes"))):
+        assert {k: first[stage][k] for k in keys} == {k: second[stage][k] for k in keys}, stage
+    # Managed by the metastore: in its warehouse, not in ours.
+    assert (metastore / "metastore_db").is_dir() and not (work / "warehouse" / "images").exists()
+    for table, columns in TABLE_COLUMNS:
+        managed = str(metastore / "warehouse" / "imgshards_named.db" / table)
+        assert rows(spark, classic.table(table), columns) == rows(spark, managed, columns), table
+    assert loader_samples(classic.output) == loader_samples(str(work / "shards"))
+    with open(second["report"]) as f:  # the report read the tables by name
+        report = f.read()
+    assert first["ingest"]["quarantine_reasons"] and all(reason in report for reason in first["ingest"]["quarantine_reasons"])
+
+    again = run_on_connect(remote, "pipeline", "--input", classic.input, "--output", str(work / "shards"), *common)
+    assert again["ingest"]["ingested"] == 0 and again["preprocess"]["processed"] == 0
+    history = run_on_connect(remote, "history", *common)
+    *_, ingested, created = history["tables"]["images"]
+    assert created["operation"] == "CREATE TABLE" and ingested["job"] == "ingest" and ingested["run_id"] == second["run_id"]
+    older = run_on_connect(remote, "export", "--output", str(tmp_path / "older"), "--as-of-version", "1", *common)
+    assert older["export"]["source_version"] == 1 and older["export"]["rows"] == second["export"]["rows"]
+
+
+def test_streaming_ingest_on_spark_connect(remote, tmp_path):
+    """ingest --stream on Connect: the micro-batches run beside the server, their counts reach the job's
+    summary, and a restart from the checkpoint reads only what is new."""
+    raw = tmp_path / "raw"
+    make_sample_dataset(str(raw), per_class=4, seed=5)
+    common = ["--stream", "--input", str(raw), "--warehouse", str(tmp_path / "warehouse"),
+              "--set", f"workdir={tmp_path}", "--set", "ingest.stream.max_files_per_trigger=10"]
+    first = run_on_connect(remote, "ingest", *common)["ingest"]
+    assert first["seen"] > 10 and first["batches"] == -(-first["seen"] // 10)
+    assert first["ingested"] > 0 and first["quarantined"] > 0  # the sample has damaged files
+
+    make_sample_dataset(str(tmp_path / "more"), per_class=2, seed=6)
+    os.rename(tmp_path / "more" / "circle", raw / "new-circle")
+    second = run_on_connect(remote, "ingest", *common)["ingest"]
+    new_files = [name for name in os.listdir(raw / "new-circle") if not name.startswith(".")]  # (as Spark lists)
+    assert second["seen"] == len(new_files) and second["batches"] == 1
+    assert second["ingested"] + second["duplicates"] + second["quarantined"] == second["seen"]

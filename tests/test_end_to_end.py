@@ -90,14 +90,14 @@ def test_ingest_accounts_for_every_file(spark, pipeline_run, dataset, config):
     assert ingest.skipped_non_image == manifest.non_image
     assert ingest.quarantine_reasons == dict(Counter(manifest.damaged.values()))
 
-    quarantine = spark.read.format("delta").load(config.table_path("quarantine")).collect()
+    quarantine = spark.read.format("delta").load(config.table("quarantine").path).collect()
     by_name = {relative(r["path"], dataset[0]): r for r in quarantine}
     assert {k: r["reason"] for k, r in by_name.items()} == manifest.damaged
     assert all(r["stage"] == "ingest" and r["detail"] for r in quarantine)
 
-    duplicates = spark.read.format("delta").load(config.table_path("duplicates")).collect()
+    duplicates = spark.read.format("delta").load(config.table("duplicates").path).collect()
     assert len(duplicates) == manifest.duplicates
-    images = {r["path"]: r["sha256"] for r in spark.read.format("delta").load(config.table_path("images")).collect()}
+    images = {r["path"]: r["sha256"] for r in spark.read.format("delta").load(config.table("images").path).collect()}
     for r in duplicates:
         assert r["path"] not in images
         assert images[r["duplicate_of"]] == r["sha256"]  # points at the ingested copy of the same content
@@ -105,7 +105,7 @@ def test_ingest_accounts_for_every_file(spark, pipeline_run, dataset, config):
 
 def test_images_table_has_header_fields_and_stable_splits(spark, pipeline_run, dataset, config):
     _, manifest, files = dataset
-    rows = spark.read.format("delta").load(config.table_path("images")).drop("content").collect()
+    rows = spark.read.format("delta").load(config.table("images").path).drop("content").collect()
     assert len(rows) == manifest.images
     assert Counter(r["label"] for r in rows) == manifest.per_class
     for r in rows:
@@ -180,12 +180,12 @@ def test_rerun_adds_nothing(spark, pipeline_run, dataset, config):
     assert again.unchanged == manifest.images
     assert again.duplicates == manifest.duplicates
     assert again.quarantined == len(manifest.damaged)
-    assert spark.read.format("delta").load(config.table_path("images")).count() == manifest.images
-    assert spark.read.format("delta").load(config.table_path("quarantine")).count() == len(manifest.damaged)
-    assert spark.read.format("delta").load(config.table_path("duplicates")).count() == manifest.duplicates
+    assert spark.read.format("delta").load(config.table("images").path).count() == manifest.images
+    assert spark.read.format("delta").load(config.table("quarantine").path).count() == len(manifest.damaged)
+    assert spark.read.format("delta").load(config.table("duplicates").path).count() == manifest.duplicates
     pre = run_preprocess(spark, config, "run-2")
     assert pre.processed == 0 and pre.already_processed == manifest.images
-    assert spark.read.format("delta").load(config.table_path("processed")).count() == manifest.images
+    assert spark.read.format("delta").load(config.table("processed").path).count() == manifest.images
 
 
 def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_changes(spark, config, tmp_path):
@@ -199,7 +199,7 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     first = run_pipeline(spark, own, "first")
     assert not first["export"]["kept"] and first["export"]["version_dir"].endswith("v-first")
     names = ("images", "quarantine", "duplicates", "processed")
-    versions = {name: latest_version(spark, own.table_path(name)) for name in names}
+    versions = {name: latest_version(spark, own.table(name).path) for name in names}
     assert first["ingest"]["quarantined"] and first["ingest"]["duplicates"], "the re-run must meet rows it could rewrite"
 
     tracker = spark.sparkContext.statusTracker()
@@ -212,7 +212,7 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     assert "again" in open(again["report"]).read()
     assert again["export"]["kept"] and again["export"]["version_dir"] == first["export"]["version_dir"]
     assert again["export"]["rows"] == first["export"]["rows"]
-    assert {name: latest_version(spark, own.table_path(name)) for name in names} == versions  # no empty commits
+    assert {name: latest_version(spark, own.table(name).path) for name in names} == versions  # no empty commits
     with open(os.path.join(own.output, "manifest.json")) as f:
         assert json.load(f)["run_id"] == "first"
 
@@ -220,7 +220,7 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     changed = run_pipeline(spark, own, "changed")
     assert not changed["export"]["kept"] and changed["export"]["version_dir"].endswith("v-changed")
     assert sum(changed["export"]["rows"].values()) == sum(first["export"]["rows"].values()) + 1
-    assert run_state.load(spark, own, "report")["versions"] == {name: latest_version(spark, own.table_path(name))
+    assert run_state.load(spark, own, "report")["versions"] == {name: latest_version(spark, own.table(name).path)
                                                                 for name in names}
 
 

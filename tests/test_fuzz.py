@@ -58,7 +58,7 @@ def accepted(data: bytes) -> bool:
 
 
 def table(spark, config, name):
-    return spark.read.format("delta").load(config.table_path(name))
+    return spark.read.format("delta").load(config.table(name).path)
 
 
 @pytest.mark.slow

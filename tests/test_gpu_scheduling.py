@@ -52,7 +52,7 @@ def test_each_task_gets_a_gpu_and_auto_falls_back_to_dali_cpu(spark, tmp_path, f
     assert summary["processed"] == manifest.images
     assert "falling back" in result.stdout or "ran dali-cpu" in summary["gpu_fallback"]
 
-    rows = spark.read.format("delta").load(config.table_path("processed")).select(
+    rows = spark.read.format("delta").load(config.table("processed").path).select(
         "backend", "device", "task_gpu").collect()
     assert len(rows) == manifest.images
     gpus = {r["task_gpu"] for r in rows}

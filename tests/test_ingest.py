@@ -57,7 +57,7 @@ def table(spark, config, name, version=None):
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
-    return reader.load(config.table_path(name))
+    return reader.load(config.table(name).path)
 
 
 def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
@@ -70,7 +70,7 @@ def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
 
     again = run_ingest(spark, config, str(raw), "r2")
     assert (again.ingested, again.unchanged, again.updated) == (0, 2, 0)
-    version_before_change = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('images')}`").agg({"version": "max"}).head()[0]
+    version_before_change = spark.sql(f"DESCRIBE HISTORY delta.`{config.table('images').path}`").agg({"version": "max"}).head()[0]
 
     write_jpeg(raw / "dog" / "c.jpg", photo(3))  # new
     new_a = write_jpeg(raw / "cat" / "a.jpg", photo(4))  # changed content, same path
@@ -88,14 +88,14 @@ def test_incremental_new_changed_and_duplicate_files(spark, tmp_path):
     dup = table(spark, config, "duplicates").collect()
     assert len(dup) == 1 and dup[0]["path"].endswith("cat/b_copy.jpg") and dup[0]["duplicate_of"].endswith("dog/b.jpg")
 
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path('images')}`").collect()
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table('images').path}`").collect()
     metadata = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
     assert {"r1", "r3"} <= {m["run_id"] for m in metadata}
     assert all(m["config_fingerprint"] == config.fingerprint("ingest") for m in metadata)
     # tables.history reads the commit files themselves: what DESCRIBE HISTORY says, but for the timestamp,
     # which is the commit's own there and the commit file's modification time in Delta's.
-    from_files = tables.history(spark, config.table_path("images"), 3)
-    described = tables._described_history(spark, config.table_path("images"), 3)
+    from_files = tables.history(spark, config.table("images").path, 3)
+    described = tables._described_history(spark, config.table("images").path, 3)
     assert [h["version"] for h in from_files] == [len(history) - 1 - i for i in range(3)]
     assert len(described) == 3
     for mine, delta in zip(from_files, described):

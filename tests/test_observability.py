@@ -166,11 +166,10 @@ def test_progress_lines_while_the_job_runs(pipeline_run):
     assert lines, "a run longer than progress.interval_seconds reports progress"
     pattern = re.compile(r"progress (ingest|preprocess|export|report): \d+/\d+ tasks \(\d+%\)")
     assert all(pattern.match(line) for line in lines), lines
-    # Every stage that ran for more than two intervals (1 s each here) printed at least one line.
+    # The longest stage's tasks (preprocess, with DALI and an augmented copy) outlast an interval. A stage's
+    # wall time alone says nothing: listing and the Delta commit run on the driver, where no task reports.
     stages = {m.group(1) for m in map(pattern.match, lines)}
-    seconds = pipeline_run["summary"]["seconds"]
-    assert {stage for stage in ("ingest", "preprocess") if seconds[stage] > 2} <= stages, (seconds, lines)
-    assert "preprocess" in stages
+    assert "preprocess" in stages, lines
     assert any("images/s" in line for line in lines), lines
     # What the run prints on stdout is the summary, not progress or library warnings.
     assert "progress" not in pipeline_run["stdout"] and "Warning" not in pipeline_run["stdout"]

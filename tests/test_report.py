@@ -18,7 +18,7 @@ def test_quarantine_fates_count_every_reason_and_show_its_first_paths(spark, tmp
     for k in (3, 0):
         config = dataclasses.replace(load_config(overrides=[f"report.examples_per_reason={k}"]),
                                      warehouse=str(tmp_path / f"warehouse-{k}"))
-        spark.createDataFrame(rows, QUARANTINE_SCHEMA).write.format("delta").save(config.table_path(QUARANTINE_TABLE))
+        spark.createDataFrame(rows, QUARANTINE_SCHEMA).write.format("delta").save(config.table(QUARANTINE_TABLE).path)
 
         found = collect.fates(spark, config)["quarantine"]
 

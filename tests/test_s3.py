@@ -124,7 +124,7 @@ def test_reference_content_reads_the_sources_from_s3_in_the_python_workers(spark
     config = dataclasses.replace(config, ingest=dataclasses.replace(config.ingest, content="reference"))
     prepare_storage(spark, dataclasses.replace(config, input=raw), get_job("ingest").locations)
     assert run_ingest(spark, config, raw, "ref").ingested == manifest.images
-    images = spark.read.format("delta").load(config.table_path("images"))
+    images = spark.read.format("delta").load(config.table("images").path)
     assert images.filter("content IS NOT NULL").count() == 0
     made = run_preprocess(spark, config, "ref")
     assert made.processed == manifest.images and made.quarantined == 0
@@ -134,7 +134,7 @@ def test_history_reads_the_tables_on_s3(s3_pipeline, spark):
     from imgshards.delta import tables
 
     config, _, _ = s3_pipeline
-    [latest, *_] = tables.history(spark, config.table_path("images"), 5)
+    [latest, *_] = tables.history(spark, config.table("images").path, 5)
     assert latest["run_id"] == "s3-run" and latest["job"] == "ingest"
 
 
@@ -314,7 +314,7 @@ def test_credentials_from_the_environment_reach_no_log_or_summary(s3_pipeline, s
     text = json.dumps(summary, default=str)
     text += json.dumps(config.to_dict())
     for table in ("images", "processed"):
-        history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table_path(table)}`").collect()
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{config.table(table).path}`").collect()
         text += " ".join(str(row.asDict()) for row in history)
     assert secret not in text and key not in text
     assert re.search(r"s3a://lake/delta", text)  # the check looked where the tables are
@@ -404,5 +404,5 @@ def test_an_object_gone_between_listing_and_reading_is_quarantined_as_unreadable
     counts = ingest_module.run_ingest(spark, config, config.input, "vanish")
     assert counts.seen == manifest.files == accounted(dataclasses.asdict(counts))
     assert counts.quarantine_reasons.get("unreadable") == 1
-    row = spark.read.format("delta").load(config.table_path("quarantine")).filter("reason = 'unreadable'").collect()
+    row = spark.read.format("delta").load(config.table("quarantine").path).filter("reason = 'unreadable'").collect()
     assert [r["path"] for r in row] == [f"s3a://{victim}"] and "gone" in row[0]["detail"]

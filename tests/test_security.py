@@ -150,5 +150,5 @@ def test_labels_file_entries_outside_the_input_are_reported_never_read(spark, tm
     report = counts.labels_report
     assert report["entries_without_file"] == 3 and report["entries_outside_input"] == 3
     assert sorted(report["entries_outside_input_examples"]) == sorted(["../secret.jpg", str(outside), "cats/../../secret.jpg"])
-    paths = [r["path"] for r in spark.read.format("delta").load(config.table_path("images")).select("path").collect()]
+    paths = [r["path"] for r in spark.read.format("delta").load(config.table("images").path).select("path").collect()]
     assert paths == [f"file:{root}/cats/a.jpg"]

@@ -271,6 +271,43 @@ class StorageConfig:
         self.s3.validate()
 
 
+# A catalog or schema name: what Unity Catalog, Glue and Hive all accept unquoted.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Where the Delta tables live: folders under ``warehouse`` (the default), or tables by name in the Spark
+    session's catalog (Unity Catalog, the Glue or Hive metastore). With names, ``warehouse`` still holds the
+    run state and the stream's checkpoint (a Volume path on Databricks)."""
+
+    schema: Optional[str] = None  # the schema (database) of the four tables; None: folders under warehouse
+    catalog: Optional[str] = None  # the catalog that holds the schema (Unity Catalog); None: the session's current catalog
+    external: bool = False  # named tables at <warehouse>/<table> (external); False: managed by the catalog
+
+    def validate(self) -> None:
+        for key in ("schema", "catalog"):
+            value = getattr(self, key)
+            if value is not None and not _IDENTIFIER.fullmatch(value):
+                raise ConfigError(f"tables.{key} must be a name of letters, digits and underscores, got {value!r}")
+        if self.catalog is not None and self.schema is None:
+            raise ConfigError("tables.catalog needs tables.schema (the schema in that catalog that holds the tables)")
+        if self.external and self.schema is None:
+            raise ConfigError("tables.external needs tables.schema: tables without a name are always at <warehouse>/<table>")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One Delta table: a folder (``path`` only), or a name in the session's catalog (``name``, with the
+    table's folder as ``path`` where it is an external table at a known location)."""
+
+    path: Optional[str] = None
+    name: Optional[str] = None  # quoted: `catalog`.`schema`.`table`
+
+    def __str__(self) -> str:
+        return self.name or self.path or ""
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """Where a job pushes its outcome (imgshards.observe.metrics); metrics never fail a run."""
@@ -319,6 +356,7 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -328,6 +366,7 @@ class PipelineConfig:
             if not getattr(self, name):
                 raise ConfigError(f"{name} must be a path, got {getattr(self, name)!r}")
         self.storage.validate()
+        self.tables.validate()
         self.ingest.validate()
         self.preprocess.validate()
         self.export.validate()
@@ -338,8 +377,14 @@ class PipelineConfig:
             raise ConfigError("preprocess.output_format=raw needs export.codec=ndarray (raw arrays are not "
                               "JPEG/PNG), got export.codec=" + repr(self.export.codec))
 
-    def table_path(self, table: str) -> str:
-        return join_path(self.warehouse, table)
+    def table(self, table: str) -> Table:
+        """Where the table ``table`` (images, quarantine, duplicates, processed) is: a folder under the
+        warehouse, or its name in the catalog (see :class:`TablesConfig`)."""
+        t = self.tables
+        if t.schema is None:
+            return Table(path=join_path(self.warehouse, table))
+        name = ".".join(f"`{part}`" for part in (t.catalog, t.schema, table) if part is not None)
+        return Table(path=join_path(self.warehouse, table) if t.external else None, name=name)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

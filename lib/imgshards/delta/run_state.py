@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 def usable(config: PipelineConfig) -> bool:
-    """Whether the warehouse is where the table logs and the state can be read without Spark."""
+    """Whether the tables are folders in a warehouse where their logs and the state can be read without
+    Spark (named tables are read through the catalog: every run asks it)."""
+    if config.tables.schema is not None:
+        return False
     return urlparse(config.warehouse).scheme in ("", "file") or storage.is_s3(config.warehouse)
 
 
@@ -62,7 +65,7 @@ def _from_json(obj: dict):
 
 def table_versions(spark: SparkSession, config: PipelineConfig, names: Sequence[str]) -> dict:
     """Each named table's latest version from its ``_delta_log`` listing (None: no table)."""
-    return {name: tables.log_version(spark, config.table_path(name)) for name in names}
+    return {name: tables.log_version(spark, config.table(name)) for name in names}
 
 
 def only_own_commits(spark: SparkSession, path: str, before: Optional[int], after: Optional[int], run_id: str) -> bool:
@@ -91,7 +94,7 @@ def kept_after(spark: SparkSession, config: PipelineConfig, before: dict, run_id
     own; None when another run committed meanwhile (then nothing should be stored)."""
     after = table_versions(spark, config, list(before))
     others = [name for name in before
-              if not only_own_commits(spark, config.table_path(name), before[name], after[name], run_id)]
+              if not only_own_commits(spark, config.table(name).path, before[name], after[name], run_id)]
     if others:
         log.info("another run committed to %s meanwhile: no state kept", ", ".join(others))
         return None

@@ -8,13 +8,14 @@ import logging
 import random
 import time
 import uuid
-from typing import Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
+from imgshards.config import Table
 from imgshards.session import default_parallelism, is_connect
 
 log = logging.getLogger(__name__)
@@ -60,64 +61,111 @@ class TableVersionError(ValueError):
 BROADCAST_ROWS = 1_000_000
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
-_CREATED_HERE: set = set()  # tables this process created (empty, at version 0)
+_CREATED_HERE: set = set()  # tables this process created (empty, at version 0), by str(Table)
+_SCHEMAS_HERE: set = set()  # schemas this process made sure of
+
+# Every function takes a table as a :class:`~imgshards.config.Table` (a folder, or a name in the session's
+# catalog) or as a folder's path. On a Spark Connect session the Delta Python API needs Delta's Connect server
+# plugin, which a platform may not have; there the same operations go through Delta's SQL, on the table's name
+# or on its path (``delta.`<path>```). Named tables go through SQL on classic sessions too, except MERGE.
+TableLike = Union[Table, str]
 
 
-# On a Spark Connect session the Delta Python API needs Delta's Connect server plugin, which a platform may
-# not have; there the same operations go through Delta's SQL on the table's path (``delta.`<path>```).
+def as_table(table: TableLike) -> Table:
+    return table if isinstance(table, Table) else Table(path=table)
 
 
-def _sql_name(path: str) -> str:
-    return "delta.`" + path.replace("`", "``") + "`"
+def _sql_name(table: Table) -> str:
+    if table.name:
+        return table.name
+    assert table.path is not None
+    return "delta.`" + table.path.replace("`", "``") + "`"
 
 
-def is_delta_table(spark: SparkSession, path: str) -> bool:
-    if not is_connect(spark):
-        return DeltaTable.isDeltaTable(spark, path)
-    found = _commit_files(spark, path)
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _delta_table(spark: SparkSession, table: Table) -> DeltaTable:
+    return DeltaTable.forName(spark, table.name) if table.name else DeltaTable.forPath(spark, table.path)
+
+
+def is_delta_table(spark: SparkSession, table: TableLike) -> bool:
+    """Whether the table exists: by name in the catalog, or (a folder) from one listing of its log where
+    pyarrow reaches the storage (no Spark job), else by asking Delta."""
+    t = as_table(table)
+    if t.name:
+        return spark.catalog.tableExists(t.name)
+    found = _commit_files(spark, t)
     if found is not None:
         return bool(found[1])
+    if not is_connect(spark):
+        return DeltaTable.isDeltaTable(spark, t.path)
     try:
-        spark.sql(f"DESCRIBE DETAIL {_sql_name(path)}").collect()
+        spark.sql(f"DESCRIBE DETAIL {_sql_name(t)}").collect()
         return True
     except Exception:
         return False
 
 
-def table_frame(spark: SparkSession, path: str) -> DataFrame:
-    return spark.read.format("delta").load(path)
+def table_frame(spark: SparkSession, table: TableLike) -> DataFrame:
+    """The table's latest version."""
+    t = as_table(table)
+    return spark.read.table(t.name) if t.name else spark.read.format("delta").load(t.path)
 
 
-def ensure_table(spark: SparkSession, path: str, schema: StructType) -> None:
-    """Create the Delta table at ``path`` empty with ``schema`` if it does not exist; fail naming the columns
-    it lacks where an older version wrote it."""
+def _ensure_schema(spark: SparkSession, table: Table) -> None:
+    """CREATE SCHEMA IF NOT EXISTS for a named table's schema, once per process."""
+    schema = table.name.rsplit(".", 1)[0] if table.name and "." in table.name else None
+    if schema is None or schema in _SCHEMAS_HERE:
+        return
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        log.warning("tables.schema: this Spark session's catalog is in memory, so the names of %s's tables last "
+                    "as long as the session; give it a metastore (docs/clusters.md, Tables by name)", schema)
+    try:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}").collect()
+    except Exception as e:
+        # Unity Catalog: creating a schema takes a privilege that using one does not; the table's creation
+        # says clearly whether the schema is there.
+        log.warning("schema %s not created (%s: %s)", schema, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    _SCHEMAS_HERE.add(schema)
+
+
+def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> None:
+    """Create the Delta table empty with ``schema`` if it does not exist; fail naming the columns it lacks
+    where an older version wrote it."""
+    t = as_table(table)
+
     def create() -> None:
-        if not is_delta_table(spark, path):
-            log.info("creating Delta table %s", path)
+        if not is_delta_table(spark, t):
+            log.info("creating Delta table %s", t)
             # A metadata-only first commit (no empty Parquet file, no write job), a fraction of the
             # time of writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
             nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
-            if is_connect(spark):
+            if t.name or is_connect(spark):
+                _ensure_schema(spark, t)
                 columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in nullable.fields)
-                spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(path)} ({columns}) USING delta").collect()
+                location = f" LOCATION {_sql_string(t.path)}" if t.name and t.path else ""
+                spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(t)} ({columns}) USING delta{location}").collect()
             else:
-                DeltaTable.createIfNotExists(spark).location(path).addColumns(nullable).execute()
-            _CREATED_HERE.add(path)
+                DeltaTable.createIfNotExists(spark).location(t.path).addColumns(nullable).execute()
+            _CREATED_HERE.add(str(t))
 
-    retry_on_conflict(f"creating {path}", create)  # two writers creating it at once: one wins, both go on
-    missing = [name for name in schema.fieldNames() if name not in table_frame(spark, path).columns]
+    retry_on_conflict(f"creating {t}", create)  # two writers creating it at once: one wins, both go on
+    missing = [name for name in schema.fieldNames() if name not in table_frame(spark, t).columns]
     if missing:
-        raise TableVersionError(f"{path} was written by an older imgshards and lacks the columns {missing}; "
+        raise TableVersionError(f"{t} was written by an older imgshards and lacks the columns {missing}; "
                                 f"move it aside (processed is remade from images by the next preprocess)")
 
 
-def merge(spark: SparkSession, path: str, source: DataFrame, condition: str, *, delete_when: Optional[str] = None,
+def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: str, *, delete_when: Optional[str] = None,
           update_all_when: Optional[str] = None, update_set: Optional[dict] = None, insert_all: bool = False) -> None:
-    """MERGE ``source`` (alias ``s``) into the table at ``path`` (alias ``t``) on ``condition``: matched rows
+    """MERGE ``source`` (alias ``s``) into the table (alias ``t``) on ``condition``: matched rows
     deleted where ``delete_when`` holds, updated from ``s`` where ``update_all_when`` holds or set by
     ``update_set`` (column -> SQL expression), unmatched rows inserted with ``insert_all``."""
+    t = as_table(table)
     if not is_connect(spark):
-        builder = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), condition)
+        builder = _delta_table(spark, t).alias("t").merge(source.alias("s"), condition)
         if delete_when:
             builder = builder.whenMatchedDelete(condition=delete_when)
         if update_all_when:
@@ -140,45 +188,50 @@ def merge(spark: SparkSession, path: str, source: DataFrame, condition: str, *, 
     view = f"imgshards_merge_{uuid.uuid4().hex}"
     source.createOrReplaceTempView(view)
     try:
-        spark.sql(f"MERGE INTO {_sql_name(path)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
+        spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
     finally:
         spark.catalog.dropTempView(view)
 
 
-def history_frame(spark: SparkSession, path: str, limit: int) -> DataFrame:
+def history_frame(spark: SparkSession, table: TableLike, limit: int) -> DataFrame:
     """Delta's DESCRIBE HISTORY of the table, newest first (a Spark job and a log replay)."""
-    if is_connect(spark):
-        return spark.sql(f"DESCRIBE HISTORY {_sql_name(path)} LIMIT {int(limit)}")
-    return DeltaTable.forPath(spark, path).history(limit)
+    t = as_table(table)
+    if is_connect(spark) or t.name:
+        return spark.sql(f"DESCRIBE HISTORY {_sql_name(t)} LIMIT {int(limit)}")
+    return DeltaTable.forPath(spark, t.path).history(limit)
 
 
-def latest_version(spark: SparkSession, path: str) -> int:
-    """The table's latest version. Asked of open-source Delta's transaction log in the JVM (no
-    Spark job); where that class is not there (Databricks ships Delta under other names), or where there is
-    no table (the log says -1), from the table's history (a Spark job; it raises for no table)."""
+def latest_version(spark: SparkSession, table: TableLike) -> int:
+    """The table's latest version. For a folder on a classic session, asked of open-source Delta's
+    transaction log in the JVM (no Spark job); elsewhere, where that class is not there (Databricks ships
+    Delta under other names), or where there is no table (the log says -1), from the table's history (a
+    Spark job; it raises for no table)."""
+    t = as_table(table)
     version = -1
-    if not is_connect(spark):
+    if not is_connect(spark) and not t.name:
         try:
-            delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+            delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, t.path)
             none = spark._jvm.scala.Option.empty()
             version = int(delta_log.update(False, none, none).version())
         except Exception as e:
-            log.debug("Delta log of %s not asked directly (%s); reading its history", path, type(e).__name__)
+            log.debug("Delta log of %s not asked directly (%s); reading its history", t, type(e).__name__)
     if version >= 0:
         return version
-    return history_frame(spark, path, 1).select("version").head()[0]
+    return history_frame(spark, t, 1).select("version").head()[0]
 
 
-def _commit_files(spark: SparkSession, path: str) -> Optional[tuple]:
-    """(pyarrow file system, {version: commit file}) of the table at ``path`` from one listing of its
-    ``_delta_log`` (no Spark job, no log replay; empty when there is no table); None where pyarrow does not
-    reach the storage (gs://, abfss://)."""
+def _commit_files(spark: SparkSession, table: Table) -> Optional[tuple]:
+    """(pyarrow file system, {version: commit file}) of a table folder from one listing of its
+    ``_delta_log`` (no Spark job, no log replay; empty when there is no table); None for a named table
+    (the catalog governs its files) and where pyarrow does not reach the storage (gs://, abfss://)."""
     import pyarrow.fs as pafs
 
     from imgshards.io import storage
 
+    if table.name or not table.path:
+        return None
     try:
-        fs, root = storage.arrow_fs(spark, path.rstrip("/") + "/_delta_log")
+        fs, root = storage.arrow_fs(spark, table.path.rstrip("/") + "/_delta_log")
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except (OSError, ValueError):
         return None
@@ -186,22 +239,35 @@ def _commit_files(spark: SparkSession, path: str) -> Optional[tuple]:
                 if i.base_name.endswith(".json") and i.base_name[:-5].isdigit()}
 
 
-def log_version(spark: SparkSession, path: str) -> Optional[int]:
-    """The latest version of the Delta table at ``path`` from one listing of its ``_delta_log``; None when
-    there is no table, or where pyarrow does not reach the storage (the report then says unknown)."""
-    found = _commit_files(spark, path)
+def log_version(spark: SparkSession, table: TableLike) -> Optional[int]:
+    """The table's latest version, None when there is no table. A folder's from one listing of its
+    ``_delta_log`` (None too where pyarrow does not reach the storage: the report then says unknown); a
+    named table's from the catalog and its history (Spark jobs)."""
+    t = as_table(table)
+    if t.name:
+        return latest_version(spark, t) if is_delta_table(spark, t) else None
+    found = _commit_files(spark, t)
     return max(found[1]) if found and found[1] else None
 
 
-def read_table(spark: SparkSession, path: str, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
+def at_version(spark: SparkSession, table: TableLike, version: int) -> DataFrame:
+    """The table as of ``version`` (Delta time travel)."""
+    t = as_table(table)
+    if t.name:
+        return spark.sql(f"SELECT * FROM {t.name} VERSION AS OF {int(version)}")
+    return spark.read.format("delta").option("versionAsOf", version).load(t.path)
+
+
+def read_table(spark: SparkSession, table: TableLike, as_of_version: Optional[int] = None) -> tuple[DataFrame, int]:
     """Read a Delta table, at ``as_of_version`` or the latest; returns the DataFrame and the version read."""
-    if not is_delta_table(spark, path):
-        raise FileNotFoundError(f"no Delta table at {path}; run the stage that creates it first")
-    latest = latest_version(spark, path)
+    t = as_table(table)
+    if not is_delta_table(spark, t):
+        raise FileNotFoundError(f"no Delta table {t}; run the stage that creates it first")
+    latest = latest_version(spark, t)
     version = latest if as_of_version is None else as_of_version
     if not 0 <= version <= latest:
-        raise TableVersionError(f"--as-of-version {version} does not exist for {path} (latest is {latest})")
-    return spark.read.format("delta").option("versionAsOf", version).load(path), version
+        raise TableVersionError(f"--as-of-version {version} does not exist for {t} (latest is {latest})")
+    return at_version(spark, t, version), version
 
 
 @contextlib.contextmanager
@@ -239,7 +305,7 @@ def commit_metadata(spark: SparkSession, metadata: dict):
     return temporary_conf(spark, _USER_METADATA_CONF, json.dumps(metadata, sort_keys=True, default=str))
 
 
-def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, read_version: int,
+def append(spark: SparkSession, table: TableLike, schema: StructType, rows: DataFrame, read_version: int,
            keys: Sequence[str], run_id: str) -> int:
     """Append ``rows`` (new keys, by the caller's anti-join against version ``read_version``) to the table:
     about 6x cheaper than a MERGE, which would scan the target for keys the caller already excluded.
@@ -248,15 +314,20 @@ def append(spark: SparkSession, path: str, schema: StructType, rows: DataFrame, 
     keys both wrote are resolved here: every writer keeps, for a repeated key, the row of the smallest run
     id and deletes the others (a DELETE that Delta serializes; conflicts retried). Concurrent writers reach
     the same result in any order. Returns the version written."""
-    rows.select(*schema.fieldNames()).write.format("delta").mode("append").save(path)
-    written = latest_version(spark, path)
+    t = as_table(table)
+    writer = rows.select(*schema.fieldNames()).write.format("delta").mode("append")
+    if t.name:
+        writer.saveAsTable(t.name)
+    else:
+        writer.save(t.path)
+    written = latest_version(spark, t)
     if written != read_version + 1:
-        retry_on_conflict(f"{path}: repeated keys", lambda: _drop_repeated_keys(spark, path, keys, run_id))
+        retry_on_conflict(f"{t}: repeated keys", lambda: _drop_repeated_keys(spark, t, keys, run_id))
     return written
 
 
-def _drop_repeated_keys(spark: SparkSession, path: str, keys: Sequence[str], run_id: str) -> None:
-    table = table_frame(spark, path)
+def _drop_repeated_keys(spark: SparkSession, t: Table, keys: Sequence[str], run_id: str) -> None:
+    table = table_frame(spark, t)
     mine = table.filter(F.col("run_id") == run_id).select(*keys)
     repeated = (table.join(mine, list(keys), "left_semi").groupBy(*keys)
                 .agg(F.min("run_id").alias("keep"), F.count(F.lit(1)).alias("n")).filter("n > 1").persist())
@@ -264,16 +335,16 @@ def _drop_repeated_keys(spark: SparkSession, path: str, keys: Sequence[str], run
         n = repeated.count()
         if n:
             condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-            merge(spark, path, repeated, condition, delete_when="t.run_id <> s.keep")
+            merge(spark, t, repeated, condition, delete_when="t.run_id <> s.keep")
             log.warning("%s: another writer appended %d of the same keys at the same time; the rows of the "
-                        "earliest run id were kept", path, n)
+                        "earliest run id were kept", t, n)
     finally:
         repeated.unpersist()
 
 
 def upsert(
     spark: SparkSession,
-    path: str,
+    table: TableLike,
     schema: StructType,
     rows: DataFrame,
     keys: Sequence[str],
@@ -282,7 +353,7 @@ def upsert(
     check_first: bool = False,
     run_id: Optional[str] = None,
 ) -> int:
-    """MERGE ``rows`` into the table at ``path`` keyed on ``keys``: insert new keys; update matched rows
+    """MERGE ``rows`` into the table keyed on ``keys``: insert new keys; update matched rows
     when ``update_when`` (a condition on ``t``/``s``) holds, or never when it is None. Re-running with the
     same rows changes nothing. Returns the rows inserted + updated (from the commit's metrics).
 
@@ -293,39 +364,42 @@ def upsert(
     ``run_id`` (the rows' run_id column): when this process has just created the table (still at its empty
     version 0), the rows are appended instead (see :func:`append`; a concurrent writer's same keys are
     resolved there). Not for tables whose rows must also be checked against each other (images)."""
-    ensure_table(spark, path, schema)
-    before = latest_version(spark, path)
-    if run_id is not None and before == 0 and path in _CREATED_HERE:
+    t = as_table(table)
+    ensure_table(spark, t, schema)
+    before = latest_version(spark, t)
+    if run_id is not None and before == 0 and str(t) in _CREATED_HERE:
         rows = rows.persist()
         try:
-            append(spark, path, schema, rows, before, keys, run_id)
+            append(spark, t, schema, rows, before, keys, run_id)
             return rows.count()
         finally:
             rows.unpersist()
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     if check_first:
-        target = table_frame(spark, path).alias("t")
+        target = table_frame(spark, t).alias("t")
         changes = F.col(f"t.`{keys[0]}`").isNull()
         if update_when is not None:
             changes = changes | F.expr(update_when)
         if rows.alias("s").join(target, F.expr(condition), "left").filter(changes).limit(1).count() == 0:
             return 0
-    merge(spark, path, rows.select(*schema.fieldNames()), condition, update_all_when=update_when, insert_all=True)
-    metrics = history_frame(spark, path, 1).select("version", "operation", "operationMetrics").head()
+    merge(spark, t, rows.select(*schema.fieldNames()), condition, update_all_when=update_when, insert_all=True)
+    metrics = history_frame(spark, t, 1).select("version", "operation", "operationMetrics").head()
     if metrics["version"] == before or metrics["operation"] != "MERGE":
         return 0  # Delta commits nothing when a MERGE has nothing to do
     m = metrics["operationMetrics"] or {}
     return int(m.get("numTargetRowsInserted", 0)) + int(m.get("numTargetRowsUpdated", 0))
 
 
-def history(spark: SparkSession, path: str, limit: int = 20) -> list:
+def history(spark: SparkSession, table: TableLike, limit: int = 20) -> list:
     """The latest ``limit`` versions of the table: version, timestamp, operation, and our commit metadata
     (run id, job, config fingerprint, counts) parsed from the user metadata. Read from the newest commit files
     themselves, as Delta's DESCRIBE HISTORY does, but without its Spark jobs and log replay (the report
-    asks this of four tables); where pyarrow does not reach the storage, from DESCRIBE HISTORY."""
-    found = _commit_files(spark, path)
+    asks this of four tables); for named tables and where pyarrow does not reach the storage, from DESCRIBE
+    HISTORY."""
+    t = as_table(table)
+    found = _commit_files(spark, t)
     if found is None:
-        return _described_history(spark, path, limit)
+        return _described_history(spark, t, limit)
     fs, files = found
     out = []
     for version in sorted(files, reverse=True)[:limit]:
@@ -341,10 +415,10 @@ def history(spark: SparkSession, path: str, limit: int = 20) -> list:
     return out
 
 
-def _described_history(spark: SparkSession, path: str, limit: int) -> list:
-    if not is_delta_table(spark, path):
+def _described_history(spark: SparkSession, t: Table, limit: int) -> list:
+    if not is_delta_table(spark, t):
         return []
-    rows = history_frame(spark, path, limit).select(
+    rows = history_frame(spark, t, limit).select(
         "version", "timestamp", "operation", "userMetadata", "operationMetrics").collect()
     return [_history_row(r["version"], r["timestamp"], r["operation"], r["userMetadata"], r["operationMetrics"])
             for r in rows]

@@ -61,9 +61,9 @@ def run_export(
 
 
 def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int]) -> ExportResult:
-    images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images, version = tables.read_table(spark, config.table(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
-    processed, _ = tables.read_table(spark, config.table_path(PROCESSED_TABLE))
+    processed, _ = tables.read_table(spark, config.table(PROCESSED_TABLE))
     fingerprint = config.output_fingerprint()
     live = images.count()
     sample_id = F.when(F.col("copy") == 0, F.col("sha256")).otherwise(F.concat_ws("-", "sha256", "copy"))
@@ -125,14 +125,14 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
     manifest = Manifest(
         run_id=run_id,
         version_dir=version_name,
-        source={"table": config.table_path(IMAGES_TABLE), "version": version},
+        source={"table": str(config.table(IMAGES_TABLE)), "version": version},
         classes=classes,
         splits=splits,
         image={"height": config.preprocess.size, "width": config.preprocess.size, "channels": 3,
                "format": config.preprocess.output_format, "codec": export.codec},
         config_fingerprint=fingerprint,
         augment_fingerprint=config.augment_fingerprint() if config.preprocess.augment.enabled else None,
-        processed_table=config.table_path(PROCESSED_TABLE),
+        processed_table=str(config.table(PROCESSED_TABLE)),
         package_version=imgshards.__version__,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
         config=config.to_dict(),
@@ -162,7 +162,7 @@ def published_as_is(spark: SparkSession, config: PipelineConfig, source_version:
     manifest = Manifest.from_json(text, join_path(config.output, MANIFEST_FILE))
     augment = config.augment_fingerprint() if config.preprocess.augment.enabled else None
     export_settings = json.loads(json.dumps(config.to_dict()["export"], default=list))
-    if (manifest.source != {"table": config.table_path(IMAGES_TABLE), "version": source_version}
+    if (manifest.source != {"table": str(config.table(IMAGES_TABLE)), "version": source_version}
             or manifest.config_fingerprint != config.output_fingerprint()
             or manifest.augment_fingerprint != augment
             or manifest.config.get("export") != export_settings):

@@ -14,7 +14,9 @@ split), :mod:`.state` (what lets a re-run with nothing new skip reading), :mod:`
 """
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import asdict
 from typing import Callable, Optional
 from urllib.parse import urlparse
 
@@ -31,6 +33,7 @@ from imgshards.ingest.write import mark_deleted
 from imgshards.io import storage
 from imgshards.observe import progress
 from imgshards.runtime import workers
+from imgshards.session import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +101,33 @@ def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: s
 
     With ``ingest.stream.trigger: available_now`` it drains what is there and returns; with an interval
     it runs until stopped. Zero-byte files are invisible to Spark's streaming file source (see docs/ingest.md).
+
+    On a Spark Connect session the micro-batch function runs in a Python process beside the server, not
+    here: it writes each batch's counts to ``<checkpoint>/counts/<run id>/<batch>.json``, which this side
+    reads as they come (:func:`_follow_counts`).
     """
     storage.require_dir(spark, input_root)
     workers.start_once(spark)
     ingest = config.ingest
     base = storage.qualify(spark, input_root).rstrip("/")
-    labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     totals = IngestCounts()
+    if is_connect(spark):
+        counts_dir = join_path(checkpoint_path(config), "counts", run_id)
 
-    def each_batch(batch: DataFrame, batch_id: int) -> None:
-        counts = ingest_batch(spark, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
-        log.info("stream batch %d: %s", batch_id, counts)
-        totals.add(counts)
-        if on_batch is not None:
-            on_batch(totals)
+        def each_batch(batch: DataFrame, batch_id: int) -> None:
+            session = batch.sparkSession  # the server's, in its Python process
+            labels = read_labels_file(session, ingest.labels) if ingest.labels.source == "file" else None
+            counts = ingest_batch(session, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
+            storage.write_text(session, join_path(counts_dir, f"{batch_id:09d}.json"), json.dumps(asdict(counts)))
+    else:
+        labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
+
+        def each_batch(batch: DataFrame, batch_id: int) -> None:
+            counts = ingest_batch(spark, config, batch, base, f"{run_id}-b{batch_id}", labels=labels)
+            log.info("stream batch %d: %s", batch_id, counts)
+            totals.add(counts)
+            if on_batch is not None:
+                on_batch(totals)
 
     writer = (
         read_files(spark, input_root, config, stream=True).writeStream
@@ -122,6 +138,38 @@ def run_ingest_stream(spark: SparkSession, config: PipelineConfig, input_root: s
     trigger = ingest.stream.trigger
     writer = writer.trigger(availableNow=True) if trigger == "available_now" else writer.trigger(processingTime=trigger)
     query = writer.start()
-    query.awaitTermination()
+    if is_connect(spark):
+        _follow_counts(spark, query, counts_dir, totals, on_batch)
+    else:
+        query.awaitTermination()
     totals.check()
     return totals
+
+
+# How often a Spark Connect client looks for the counts of finished micro-batches.
+COUNTS_POLL_S = 2.0
+
+
+def _follow_counts(spark: SparkSession, query, counts_dir: str, totals: IngestCounts,
+                   on_batch: Optional[Callable[[IngestCounts], None]]) -> None:
+    """Until the query ends, fold each micro-batch's counts file into ``totals`` as it appears (in batch
+    order) and call ``on_batch``; a failed query raises from ``awaitTermination`` as on a classic session."""
+    import pyarrow.fs as pafs
+
+    fs, root = storage.arrow_fs(spark, counts_dir)
+    folded: set = set()
+    while True:
+        finished = query.awaitTermination(COUNTS_POLL_S)
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        for info in sorted((i for i in infos if i.base_name.endswith(".json")), key=lambda i: i.base_name):
+            if info.base_name in folded:
+                continue
+            with fs.open_input_stream(info.path) as f:
+                counts = IngestCounts(**json.loads(f.read()))
+            folded.add(info.base_name)
+            log.info("stream batch %d: %s", int(info.base_name[:-5]), counts)
+            totals.add(counts)
+            if on_batch is not None:
+                on_batch(totals)
+        if finished:
+            return

@@ -37,7 +37,7 @@ _INGEST_TABLES = ((IMAGES_TABLE, IMAGES_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_S
 
 def ensure_tables(spark: SparkSession, config: PipelineConfig) -> None:
     for name, schema in _INGEST_TABLES:
-        tables.ensure_table(spark, config.table_path(name), schema)
+        tables.ensure_table(spark, config.table(name), schema)
 
 
 def quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, run_id: str) -> DataFrame:
@@ -87,11 +87,11 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
     count), then write only what changes: a re-run that finds nothing new commits nothing."""
     ingest = config.ingest
     now = F.current_timestamp()
-    images_path = config.table_path(IMAGES_TABLE)
-    tables.ensure_table(spark, images_path, IMAGES_SCHEMA)
+    images_table = config.table(IMAGES_TABLE)
+    tables.ensure_table(spark, images_table, IMAGES_SCHEMA)
     # Pinned to the version read: a write into the table makes Spark recompute the cached plans over it, and
     # the classification (which the later writes are joined to) must not change under them.
-    table = spark.read.format("delta").option("versionAsOf", tables.latest_version(spark, images_path)).load(images_path)
+    table = tables.at_version(spark, images_table, tables.latest_version(spark, images_table))
     classified = (_classified(probed, table)
                   .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
                   .persist(StorageLevel.MEMORY_AND_DISK))
@@ -119,14 +119,14 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
                 _write_images(spark, config, files, accepted, table, counts, run_id)
             if counts.duplicates:
                 tables.upsert(
-                    spark, config.table_path(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
+                    spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
                     classified.filter(F.col("bucket") == "duplicates").select(
                         "path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
                     ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of", check_first=True,
                     run_id=run_id,
                 )
             if counts.quarantined:
-                tables.upsert(spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
+                tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
                               QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
     finally:
         classified.unpersist()
@@ -173,12 +173,12 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
     # insert-only MERGE (one pass over the source, no rewrite of existing files; unlike a blind append it
     # conflicts with a concurrent ingest, whose retry then finds that run's content as duplicates); the
     # rare changed or restored paths through the full MERGE.
-    images_path = config.table_path(IMAGES_TABLE)
+    images_table = config.table(IMAGES_TABLE)
     written = 0
     if counts.ingested:
-        written += tables.upsert(spark, images_path, IMAGES_SCHEMA, images.filter(F.col("bucket") == "ingested"), ["path"])
+        written += tables.upsert(spark, images_table, IMAGES_SCHEMA, images.filter(F.col("bucket") == "ingested"), ["path"])
     if counts.updated:
-        written += tables.upsert(spark, images_path, IMAGES_SCHEMA, images.filter(F.col("bucket") == "updated"), ["path"],
+        written += tables.upsert(spark, images_table, IMAGES_SCHEMA, images.filter(F.col("bucket") == "updated"), ["path"],
                                  update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
     if written != counts.ingested + counts.updated:
         raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
@@ -187,10 +187,10 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
 
 def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_paths: list, run_id: str) -> int:
     """Set deleted_at on live rows under ``base`` whose file is no longer listed; returns how many."""
-    images_path = config.table_path(IMAGES_TABLE)
+    images_table = config.table(IMAGES_TABLE)
     listed = spark.createDataFrame([(p,) for p in listed_paths], "path string")
     gone = (
-        spark.read.format("delta").load(images_path)
+        tables.table_frame(spark, images_table)
         .filter(F.col("deleted_at").isNull() & F.col("path").startswith(base + "/"))
         .join(listed, "path", "left_anti").select("path").persist()
     )
@@ -199,7 +199,7 @@ def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_
         if n:
             with tables.commit_metadata(spark, {"job": "ingest", "run_id": run_id, "marked_deleted": n}):
                 tables.retry_on_conflict("mark_deleted", lambda: tables.merge(
-                    spark, images_path, gone, "t.path = s.path", update_set={"deleted_at": "current_timestamp()"}))
+                    spark, images_table, gone, "t.path = s.path", update_set={"deleted_at": "current_timestamp()"}))
     finally:
         gone.unpersist()
     return n

@@ -181,7 +181,7 @@ def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool =
                 summary = {"job": job.name, "run_id": run_id, **job.run(spark, config, args, run_id)}
         summary.setdefault("seconds", {})[job.name] = round(time.monotonic() - started, 3)
         if "warehouse" in job.locations:
-            summary["delta_versions"] = {t: tables.log_version(spark, config.table_path(t)) for t in TABLES}
+            summary["delta_versions"] = {t: tables.log_version(spark, config.table(t)) for t in TABLES}
     except (ConfigError, FileNotFoundError, TableVersionError, storage.StorageError) as e:
         # Bad settings or inputs found once Spark is up (missing input path, unknown version): no traceback.
         print(f"{job.name}: error: {e}", file=sys.stderr)

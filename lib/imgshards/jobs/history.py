@@ -16,7 +16,7 @@ def _arguments(parser):
 
 
 def run(spark, config, args, run_id):
-    return {"tables": {name: tables.history(spark, config.table_path(name), args.limit) for name in args.table or TABLES}}
+    return {"tables": {name: tables.history(spark, config.table(name), args.limit) for name in args.table or TABLES}}
 
 
 def format_history(summary):

@@ -16,7 +16,7 @@ import time
 
 from pyspark.sql import SparkSession
 
-from imgshards.config import PipelineConfig, join_path
+from imgshards.config import PipelineConfig
 from imgshards.export.run import published_as_is, run_export
 from imgshards.ingest.run import run_ingest
 from imgshards.jobs.contract import Job
@@ -26,6 +26,7 @@ from imgshards.observe.report.collect import from_tables
 from imgshards.preprocess.run import run_preprocess
 from imgshards.runtime.background import Background
 from imgshards.sample import make_sample_dataset
+from imgshards.schemas import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
         raise
     summary = {
         "input": input_root,
-        "tables": {name: join_path(config.warehouse, name) for name in ("images", "quarantine", "duplicates", "processed")},
+        "tables": {name: str(config.table(name)) for name in TABLES},
         "per_class": export.counts,
         "output": export.output,
         "ingest": dataclasses.asdict(ingest),

@@ -139,7 +139,7 @@ def _known_complete(spark: SparkSession, config: PipelineConfig, versions: dict)
 
 def _preprocess_version(spark: SparkSession, config: PipelineConfig, run_id: str,
                         as_of_version: Optional[int]) -> PreprocessCounts:
-    images, version = tables.read_table(spark, config.table_path(IMAGES_TABLE), as_of_version)
+    images, version = tables.read_table(spark, config.table(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     live, *largest = images.agg(F.count(F.lit(1)), F.max("size_bytes"),
                                 F.max(F.col("width").cast("long") * F.col("height"))).head()
@@ -169,10 +169,10 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
     """run_preprocess on the ``live`` rows of ``images`` (Delta version ``version``)."""
     fingerprint = config.output_fingerprint()
     counts = PreprocessCounts(source_version=version, config_fingerprint=fingerprint)
-    processed_path = config.table_path(PROCESSED_TABLE)
-    tables.ensure_table(spark, processed_path, PROCESSED_SCHEMA)
-    processed_version = tables.latest_version(spark, processed_path)
-    done = spark.read.format("delta").option("versionAsOf", processed_version).load(processed_path).select(*SAMPLE_KEY)
+    processed_table = config.table(PROCESSED_TABLE)
+    tables.ensure_table(spark, processed_table, PROCESSED_SCHEMA)
+    processed_version = tables.latest_version(spark, processed_table)
+    done = tables.at_version(spark, processed_table, processed_version).select(*SAMPLE_KEY)
     # Originals come straight from the images; only the copies need a join to fetch their parent's bytes.
     todo = as_original(images, config).join(done, list(SAMPLE_KEY), "left_anti")
     copies = augmented_copies(images, config)
@@ -226,7 +226,7 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
         with tables.commit_metadata(spark, metadata):
             if counts.processed:
                 tables.append(
-                    spark, processed_path, PROCESSED_SCHEMA,
+                    spark, processed_table, PROCESSED_SCHEMA,
                     ok.select(
                         "sha256", "copy", "augment_seed", "path", "label", "split", "image",
                         F.lit(config.preprocess.output_format).alias("image_format"), "width", "height",
@@ -239,7 +239,7 @@ def _run_preprocess(spark: SparkSession, config: PipelineConfig, run_id: str, im
                 # One row per path: when copies of an image fail too, the lowest copy's verdict stands.
                 rank = F.row_number().over(Window.partitionBy("path").orderBy("copy"))
                 tables.retry_on_conflict("preprocess quarantine", lambda: tables.upsert(
-                    spark, config.table_path(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
+                    spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA,
                     failed.withColumn("rank", rank).filter("rank = 1").select(
                         "path", F.lit(PREPROCESS_STAGE).alias("stage"), "reason", "detail", "size_bytes", "sha256",
                         now.alias("quarantined_at"), F.lit(run_id).alias("run_id"),

@@ -32,11 +32,9 @@ AUGMENTED_COPIES = 4  # copies shown per parent
 
 
 def _table(spark: SparkSession, config: PipelineConfig, name: str) -> Optional[DataFrame]:
-    """The latest version of a table, None when there is none (found by one listing, not a history query)."""
-    path = config.table_path(name)
-    if tables.log_version(spark, path) is None and not tables.is_delta_table(spark, path):
-        return None  # (log_version cannot list every scheme; Delta itself has the last word)
-    return spark.read.format("delta").load(path)
+    """The latest version of a table, None when there is none."""
+    table = config.table(name)
+    return tables.table_frame(spark, table) if tables.is_delta_table(spark, table) else None
 
 
 def thumbnail_column(image: F.Column, image_format: F.Column, size: int) -> F.Column:
@@ -246,7 +244,7 @@ def samples(spark: SparkSession, config: PipelineConfig, meta: DataFrame) -> dic
 
 def history(spark: SparkSession, config: PipelineConfig) -> dict:
     """Each table's recent history with the run ids and jobs that committed."""
-    return {name: tables.history(spark, config.table_path(name), limit=10) for name in TABLES}
+    return {name: tables.history(spark, config.table(name), limit=10) for name in TABLES}
 
 
 def from_tables(spark: SparkSession, config: PipelineConfig) -> dict:
