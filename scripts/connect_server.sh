@@ -37,6 +37,7 @@ exec "$venv/bin/spark-submit" --master "$master" \
   --properties-file "$root/lib/imgshards/spark-defaults.conf" \
   --jars "$(ls "$jar_dir"/*.jar | paste -sd, -)" \
   --conf "spark.driver.extraClassPath=$jar_dir/s3/*" \
+  --conf spark.hadoop.fs.s3.impl=org.apache.hadoop.fs.s3a.S3AFileSystem \
   --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension \
   --conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog \
   --conf spark.connect.grpc.binding.address=127.0.0.1 --conf "spark.connect.grpc.binding.port=$port" \

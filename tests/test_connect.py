@@ -163,3 +163,33 @@ def test_streaming_ingest_on_spark_connect(remote, tmp_path):
     new_files = [name for name in os.listdir(raw / "new-circle") if not name.startswith(".")]  # (as Spark lists)
     assert second["seen"] == len(new_files) and second["batches"] == 1
     assert second["ingested"] + second["duplicates"] + second["quarantined"] == second["seen"]
+
+
+def _packed_environment(venv: str, archive: str) -> None:
+    """A packed environment as scripts/package.sh lays it out (pyvenv.cfg, bin/python a link to the base
+    interpreter, the packages in lib/): here linking to this venv's packages instead of copying gigabytes."""
+    import tarfile
+
+    python = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(os.path.join(venv, "pyvenv.cfg"), "pyvenv.cfg")
+        for name, target in (("bin/python", os.path.realpath(os.path.join(venv, "bin", "python"))),
+                             (f"lib/{python}/site-packages", os.path.join(venv, "lib", python, "site-packages"))):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+
+
+def test_the_packed_environment_reaches_connect_executors_as_an_artifact(remote, tmp_path):
+    """connect.environment: the job uploads the archive; doctor, asking from inside the tasks, finds the
+    executors' Python running it (unpacked as environment/), with every package the jobs need."""
+    archive = str(tmp_path / "imgshards-nospark-env.tar.gz")
+    _packed_environment(sys.prefix, archive)
+    doctor = run_on_connect(remote, "doctor", "--set", f"workdir={tmp_path}", "--set", f"connect.environment={archive}")
+    assert doctor["ok"] and doctor["executors"]
+    for executor in doctor["executors"]:
+        assert executor["packed_environment"], executor
+        assert executor["executable"].endswith(os.path.join("environment", "bin", "python")), executor
+        assert not executor["missing"]
+    plain = run_on_connect(remote, "doctor", "--set", f"workdir={tmp_path}")
+    assert not any(e["packed_environment"] for e in plain["executors"])

@@ -57,8 +57,8 @@ def test_definitions_are_what_the_contract_generates(files):
 
 def test_every_job_run_in_the_definitions_is_a_real_invocation(files):
     # Per runtime line: Databricks 4 tasks, EMR Serverless 4, EMR on EC2 4 + 4 (GPU); two lines of each. And
-    # Kubernetes 4 + 1 (GPU preprocess).
-    assert deploy.check_definitions(files) == 2 * (4 + 4 + 8) + 5
+    # Databricks serverless 4, Kubernetes 4 + 1 (GPU preprocess).
+    assert deploy.check_definitions(files) == 2 * (4 + 4 + 8) + 4 + 5
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -105,18 +105,28 @@ def validate_databricks_bundle(bundle: dict, resources: dict, bundle_dir: str) -
         assert artifact["type"] == "whl"
         script = re.search(r"bash (\S+)", artifact["build"]).group(1)
         assert os.path.isfile(os.path.normpath(os.path.join(bundle_dir, artifact["path"], script))), script
+    def check_wheel(path: str) -> None:  # relative to the resources file; the artifact builds into <bundle>/dist
+        assert os.path.dirname(os.path.normpath(os.path.join(bundle_dir, "resources", path))) == \
+            os.path.join(bundle_dir, "dist"), f"whl {path}"
+
     for name, job in resources["resources"]["jobs"].items():
         Job.from_dict(job)  # raises on unknown or missing fields and bad enum values
         used = set(re.findall(r"\$\{var\.([a-z_]+)\}", json.dumps(job)))
         assert used <= variables, f"job {name} uses undefined variables {used - variables}"
-        keys = {c["job_cluster_key"] for c in job["job_clusters"]}
+        clusters = {c["job_cluster_key"] for c in job.get("job_clusters", [])}
+        environments = {e["environment_key"]: e["spec"] for e in job.get("environments", [])}
+        for spec in environments.values():  # serverless: the wheel comes through the environment
+            wheels = [d for d in spec["dependencies"] if d.endswith(".whl")]
+            assert spec["environment_version"] and wheels, spec
+            for wheel in wheels:
+                check_wheel(wheel)
         for task in job["tasks"]:
-            assert task["job_cluster_key"] in keys, task["task_key"]
+            # Python wheel tasks run on a job cluster, or on serverless with an environment (never both).
+            assert (task.get("job_cluster_key") in clusters) != (task.get("environment_key") in environments), task["task_key"]
             for library in task.get("libraries", []):
-                if "whl" in library:  # relative to the resources file; the artifact builds into <bundle>/dist
-                    path = os.path.normpath(os.path.join(bundle_dir, "resources", library["whl"]))
-                    assert os.path.dirname(path) == os.path.join(bundle_dir, "dist"), library
-        gpu = [c["new_cluster"] for c in job["job_clusters"] if c["job_cluster_key"] == "gpu"]
+                if "whl" in library:
+                    check_wheel(library["whl"])
+        gpu = [c["new_cluster"] for c in job.get("job_clusters", []) if c["job_cluster_key"] == "gpu"]
         for cluster in gpu:
             assert "gpu-ml" in cluster["spark_version"] and cluster["num_workers"] >= 1
             assert 0 < float(cluster["spark_conf"]["spark.task.resource.gpu.amount"]) < 1
@@ -135,13 +145,26 @@ def test_databricks_bundle_validates(files):
     validate_databricks_bundle(bundle, resources, os.path.join(DEPLOY, "databricks"))
     jobs = resources["resources"]["jobs"]
     # The newest LTS with a Spark 4 key, and 15.4 LTS for the Spark 3.5 line; the same wheel in both.
-    runtimes = {name: {c["new_cluster"]["spark_version"] for c in job["job_clusters"]} for name, job in jobs.items()}
+    runtimes = {name: {c["new_cluster"]["spark_version"] for c in job.get("job_clusters", [])} for name, job in jobs.items()}
     assert runtimes == {"imgshards": {"17.3.x-scala2.13", "17.3.x-gpu-ml-scala2.13"},
-                        "imgshards_spark35": {"15.4.x-scala2.12", "15.4.x-gpu-ml-scala2.12"}}
-    for job in jobs.values():
+                        "imgshards_spark35": {"15.4.x-scala2.12", "15.4.x-gpu-ml-scala2.12"},
+                        "imgshards_serverless": set()}
+    for name, job in jobs.items():
         assert [t["task_key"] for t in job["tasks"]] == ["ingest", "preprocess", "export", "report"]
         assert job["tasks"][1]["depends_on"] == [{"task_key": "ingest"}]
-        assert {t["job_cluster_key"] for t in job["tasks"]} == {"cpu", "gpu"}
+        if name == "imgshards_serverless":
+            assert {t["environment_key"] for t in job["tasks"]} == {"imgshards"}
+            assert "preprocess.backend=auto" not in job["tasks"][1]["python_wheel_task"]["parameters"]  # no GPUs
+        else:
+            assert {t["job_cluster_key"] for t in job["tasks"]} == {"cpu", "gpu"}
+        # Unity Catalog: every task names the tables by the bundle's catalog and schema.
+        for task in job["tasks"]:
+            parameters = task["python_wheel_task"]["parameters"]
+            assert "tables.catalog=${var.catalog}" in parameters and "tables.schema=${var.schema}" in parameters
+    for target in bundle["targets"].values():
+        values = target["variables"]
+        for path in ("input", "warehouse", "output", "workdir"):
+            assert values[path].startswith(f"/Volumes/{values['catalog']}/{values['schema']}/"), (path, values)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -151,6 +174,9 @@ def test_databricks_bundle_validates(files):
     (lambda b, r: r["resources"]["jobs"]["imgshards"]["tasks"][0].update(job_cluster_key="tiny"), "ingest"),
     (lambda b, r: b["targets"]["prod"]["variables"].pop("output"), "output"),
     (lambda b, r: r["resources"]["jobs"]["imgshards"]["tasks"][0]["libraries"][0].update(whl="../../dist/*.whl"), "whl"),
+    (lambda b, r: r["resources"]["jobs"]["imgshards_serverless"]["tasks"][2].update(environment_key="gpu"), "export"),
+    (lambda b, r: r["resources"]["jobs"]["imgshards_serverless"]["environments"][0]["spec"].update(
+        dependencies=["imgshards"]), "environment_version"),
 ])
 def test_databricks_validation_rejects_a_wrong_shape(files, edit, message):
     pytest.importorskip("databricks.bundles", reason="databricks-bundles needs Python >= 3.10")
@@ -256,6 +282,13 @@ def test_emr_requests_validate_against_the_service_models(files, contract, folde
     assert classifications["spark-defaults"]["Properties"]["spark.executor.resource.gpu.discoveryScript"]
     environment = "imgshards-spark35" if folder.endswith("spark35") else "imgshards"
     assert f"/{environment}-nospark-gpu-env.tar.gz#environment" in json.dumps(gpu["Steps"][1])
+    # Tables by name in the Glue Data Catalog database, external under the warehouse.
+    glue = "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
+    assert classifications["spark-hive-site"]["Properties"]["hive.metastore.client.factory.class"] == glue
+    run = json.loads(files[f"{folder}/serverless/start-job-run-ingest.json"])["jobDriver"]["sparkSubmit"]
+    assert f"spark.hadoop.hive.metastore.client.factory.class={glue}" in run["sparkSubmitParameters"]
+    assert f"tables.schema={spec['glue_database']}" in run["entryPointArguments"]
+    assert "tables.external=true" in run["entryPointArguments"]
 
 
 @pytest.mark.parametrize("relpath, edit, message", [

@@ -271,6 +271,18 @@ class StorageConfig:
         self.s3.validate()
 
 
+@dataclass(frozen=True)
+class ConnectConfig:
+    """What a job does on a Spark Connect session (Databricks serverless and standard access mode, a Spark 4
+    Connect server)."""
+
+    environment: Optional[str] = None  # a packed environment (scripts/package.sh) uploaded as an artifact
+
+    def validate(self) -> None:
+        if self.environment is not None and not self.environment.endswith((".tar.gz", ".tgz", ".tar", ".zip")):
+            raise ConfigError(f"connect.environment must be a .tar.gz, .tgz, .tar or .zip archive, got {self.environment!r}")
+
+
 # A catalog or schema name: what Unity Catalog, Glue and Hive all accept unquoted.
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 
@@ -357,6 +369,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
+    connect: ConnectConfig = field(default_factory=ConnectConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -367,6 +380,7 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be a path, got {getattr(self, name)!r}")
         self.storage.validate()
         self.tables.validate()
+        self.connect.validate()
         self.ingest.validate()
         self.preprocess.validate()
         self.export.validate()

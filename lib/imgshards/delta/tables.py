@@ -63,6 +63,7 @@ BROADCAST_ROWS = 1_000_000
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _CREATED_HERE: set = set()  # tables this process created (empty, at version 0), by str(Table)
 _SCHEMAS_HERE: set = set()  # schemas this process made sure of
+_REFUSED_CONF: set = set()  # Spark settings this session would not take (warned once each)
 
 # Every function takes a table as a :class:`~imgshards.config.Table` (a folder, or a name in the session's
 # catalog) or as a folder's path. On a Spark Connect session the Delta Python API needs Delta's Connect server
@@ -272,12 +273,22 @@ def read_table(spark: SparkSession, table: TableLike, as_of_version: Optional[in
 
 @contextlib.contextmanager
 def temporary_conf(spark: SparkSession, key: str, value: Optional[str]) -> Iterator[None]:
-    """Set a Spark SQL setting for the block, then put back what was there (``value`` None: leave it)."""
+    """Set a Spark SQL setting for the block, then put back what was there (``value`` None: leave it). A
+    platform that does not let a job set it (Databricks serverless takes a few settings only) gets one warning
+    per setting and runs the block with its own value."""
     if value is None:
         yield
         return
     previous = spark.conf.get(key, None)
-    spark.conf.set(key, value)
+    try:
+        spark.conf.set(key, value)
+    except Exception as e:
+        if key not in _REFUSED_CONF:
+            _REFUSED_CONF.add(key)
+            log.warning("this Spark session does not let a job set %s (%s): it runs with the platform's value",
+                        key, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        yield
+        return
     try:
         yield
     finally:

@@ -32,9 +32,12 @@ def check_invocation(job: str, args: list, where: str) -> None:
         raise ContractError(f"{where}: unknown job {job!r}; jobs: {', '.join(JOBS)}")
     parser = get_job(job).parser()
     errors = io.StringIO()
+    # A Databricks bundle variable (${var.schema}) stands for a value the bundle's target gives: checked as
+    # its name, which is a valid value of every setting the contract gives one to.
+    args = [re.sub(r"\$\{var\.([A-Za-z_]+)\}", r"\1", str(a)) for a in args]
     try:
         with contextlib.redirect_stderr(errors):
-            parsed = parser.parse_args([str(a) for a in args])
+            parsed = parser.parse_args(args)
     except SystemExit as e:
         message = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else str(e)
         raise ContractError(f"{where}: job {job} rejects its arguments: {message}") from None
@@ -59,10 +62,13 @@ def _fill(text: str, values: dict) -> str:
 
 
 def task_args(contract: dict, task: dict, platform: str) -> list:
-    """The job arguments of ``task`` on ``platform``: its args, then ``--set`` for each setting."""
+    """The job arguments of ``task`` on ``platform``: its args, then ``--set`` for each setting (the
+    contract's, the platform's, and the GPU task's)."""
     spec = contract["platforms"][platform]
     values = {**spec["paths"], "artifacts": spec.get("artifacts", "")}
-    settings = dict(contract.get("settings") or {})
+    settings = {**(contract.get("settings") or {}), **(spec.get("settings") or {})}
+    if spec.get("glue_database"):
+        settings.update({"tables.schema": spec["glue_database"], "tables.external": "true"})
     if task.get("gpu"):
         settings.update(contract.get("gpu_settings") or {})
     args = [_fill(a, values) for a in task["args"]]

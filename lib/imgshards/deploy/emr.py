@@ -12,6 +12,12 @@ def _artifact(spec: dict, name: str) -> str:
     return f"{spec['artifacts']}/{name}"
 
 
+# Spark's Hive client on the AWS Glue Data Catalog (EMR release guide, "Use the AWS Glue Data Catalog as the
+# Apache Hive metastore for Spark"): the tables by name (glue_database in the contract) are kept there.
+GLUE_FACTORY = {"hive.metastore.client.factory.class":
+                "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"}
+
+
 def _emr_spark_conf(spec: dict, gpu: bool) -> dict:
     conf = {**spark_defaults(), **DELTA_SQL_CONF}
     env = f"{spec['environment']}-nospark{'-gpu' if gpu else ''}-env.tar.gz"
@@ -33,6 +39,8 @@ def emr_serverless_job_run(contract: dict, task: dict, runtime: str) -> dict:
             "spark.emr-serverless.driverEnv.PYSPARK_DRIVER_PYTHON": PACKED_PYTHON,
             "spark.emr-serverless.driverEnv.PYSPARK_PYTHON": PACKED_PYTHON,
             "spark.executorEnv.PYSPARK_PYTHON": PACKED_PYTHON}
+    if spec.get("glue_database"):
+        conf.update({f"spark.hadoop.{k}": v for k, v in GLUE_FACTORY.items()})
     args = task_args(contract, dict(task, gpu=False), "emr")
     return {
         "applicationId": spec["serverless_application_id"],
@@ -65,6 +73,8 @@ def emr_job_flow(contract: dict, gpu: bool, runtime: str) -> dict:
     configurations = [
         {"Classification": "delta-defaults", "Properties": {"delta.enabled": "true"}},
     ]
+    if spec.get("glue_database"):
+        configurations.append({"Classification": "spark-hive-site", "Properties": dict(GLUE_FACTORY)})
     bootstrap = []
     if gpu:
         # EMR release guide, "emr-spark-rapids": YARN's GPU plugin, cgroups for GPU isolation, the dominant

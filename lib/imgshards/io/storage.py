@@ -11,6 +11,7 @@ configuration (which Spark copies into the Hadoop configuration of the session's
 every file operation of the driver goes through pyarrow's file systems."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -22,6 +23,8 @@ from pyspark.sql import SparkSession
 from imgshards.config import PipelineConfig
 from imgshards.io.filesystems import arrow_filesystem, is_s3, s3_endpoint, s3_region
 from imgshards.session import is_connect
+
+log = logging.getLogger(__name__)
 
 # Fail fast on an unreachable or misconfigured S3 endpoint instead of S3A's minutes of retries.
 CHECK_TIMEOUT_S = 10.0
@@ -38,7 +41,8 @@ class StorageError(OSError):
 class _SessionHadoopConf:
     """The Hadoop settings of a Spark Connect session: its own configuration (``fs.*`` keys, which Spark
     copies into the Hadoop configuration of the session's reads and writes), then the cluster's
-    ``spark.hadoop.*``."""
+    ``spark.hadoop.*``. A platform that does not let a session set one (Databricks serverless) gets a
+    warning, not a failed job: its own storage settings apply."""
 
     def __init__(self, spark: SparkSession):
         self._conf = spark.conf
@@ -47,7 +51,11 @@ class _SessionHadoopConf:
         return self._conf.get(key, None) or self._conf.get("spark.hadoop." + key, None)
 
     def set(self, key: str, value: str) -> None:
-        self._conf.set(key, value)
+        try:
+            self._conf.set(key, value)
+        except Exception as e:
+            log.warning("storage: this Spark Connect session does not take %s (%s); the platform's own "
+                        "setting applies", key, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
 
 
 def _hadoop_conf(spark: SparkSession):
@@ -58,7 +66,9 @@ def configure_hadoop(spark: SparkSession, config: PipelineConfig) -> None:
     """Point Hadoop's S3A connector (s3a://, and s3:// where the platform has not mapped it to its own) at
     ``storage.s3`` or the environment's endpoint. Nothing is set for AWS itself with no settings."""
     conf = _hadoop_conf(spark)
-    if conf.get("fs.s3.impl") is None:  # EMR maps s3:// to EMRFS and Databricks to its own; elsewhere S3A
+    # EMR maps s3:// to EMRFS and Databricks to its own; elsewhere S3A. A Spark Connect session cannot see
+    # the server's Hadoop configuration: its operator maps s3:// there.
+    if not is_connect(spark) and conf.get("fs.s3.impl") is None:
         conf.set("fs.s3.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
     s3 = config.storage.s3
     endpoint = s3_endpoint(s3.endpoint)
@@ -66,7 +76,8 @@ def configure_hadoop(spark: SparkSession, config: PipelineConfig) -> None:
         conf.set("fs.s3a.endpoint", endpoint)
         conf.set("fs.s3a.connection.ssl.enabled", "true" if endpoint.startswith("https://") else "false")
     path_style = s3.path_style if s3.path_style is not None else bool(endpoint)
-    conf.set("fs.s3a.path.style.access", "true" if path_style else "false")
+    if path_style or not is_connect(spark):  # (false is S3A's default)
+        conf.set("fs.s3a.path.style.access", "true" if path_style else "false")
     region = s3_region(s3.region)
     if region:
         conf.set("fs.s3a.endpoint.region", region)

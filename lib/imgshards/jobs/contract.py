@@ -27,7 +27,7 @@ from imgshards.delta import tables
 from imgshards.delta.tables import TableVersionError
 from imgshards.io import storage
 from imgshards.observe import metrics, progress
-from imgshards.runtime import workers
+from imgshards.runtime import environment, workers
 from imgshards.schemas import TABLES
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,11 @@ def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool =
     run_id = args.run_id or new_run_id()
     log.info("%s run %s with config %s", job.name, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job.name}")
-    if job.workers_at_start:
-        workers.start_once(spark)
     try:
+        if config.connect.environment:
+            environment.ship(spark, config.connect.environment)
+        if job.workers_at_start:
+            workers.start_once(spark)
         started = time.monotonic()
         with progress.stage(job.name):
             prepare_storage(spark, config, job.locations)
