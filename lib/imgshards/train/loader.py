@@ -23,6 +23,10 @@ Two backends yield the same samples per rank and epoch:
 
 Both are resumable: ``state_dict()`` / ``load_state_dict()`` continue mid-epoch without repeating or
 skipping a sample.
+
+Both treat the export as untrusted input (:mod:`imgshards.train.untrusted`): no code runs from any of its
+files, and every image is decoded only as the manifest declares it and checked against its shape before it
+is placed in a batch.
 """
 from __future__ import annotations
 
@@ -34,8 +38,14 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from imgshards.imaging.codecs import decode_rgb
 from imgshards.manifest import MANIFEST_FILE, Manifest
+from imgshards.train.untrusted import (
+    ExportError,
+    check_array,
+    declared_shape,
+    image_decoder,
+    petastorm_unpickles_safely,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,6 +141,8 @@ class ShardedImageLoader:
         self.position = 0  # samples of the current epoch already yielded on this rank
         self._yielded: list = []  # petastorm backend: sample ids yielded this epoch (its order is not ours)
         self._ids: Optional[list] = None
+        self.shape = declared_shape(manifest["image"])  # every image's, checked before it joins a batch
+        self._decode = image_decoder(manifest["image"])
 
     # -- planning ------------------------------------------------------------------------------------
 
@@ -226,13 +238,12 @@ class ShardedImageLoader:
         self.set_epoch(self.epoch + 1)
 
     def _build(self, batch: list) -> dict:
-        first = self._pixels(batch[0]["image"])
         if self.transform is None:
-            images = np.empty((len(batch), 3) + first.shape[:2], np.float32)
+            images = np.empty((len(batch), 3) + self.shape[:2], np.float32)  # sized by the manifest
             for i, sample in enumerate(batch):
-                normalize_chw(first if i == 0 else self._pixels(sample["image"]), out=images[i])
+                normalize_chw(self._pixels(sample), out=images[i])
         else:
-            images = np.stack([self.transform(first if i == 0 else self._pixels(s["image"])) for i, s in enumerate(batch)])
+            images = np.stack([self.transform(self._pixels(sample)) for sample in batch])
         return {"image": images, "label": np.asarray([s["label"] for s in batch], dtype=np.int64),
                 **{name: [s[name] for s in batch] for name in ("label_name", ID, "sha256")}}
 
@@ -283,16 +294,27 @@ class ShardedImageLoader:
 
         url, factory = petastorm_location(self.url, self.s3_endpoint)  # object stores: our file system
         filesystem = factory() if factory else None
-        with make_reader(url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
-                         seed=self.seed + self.epoch, workers_count=max(self.workers, 1), reader_pool_type="thread",
-                         schema_fields=list(FIELDS), filesystem=filesystem) as reader:
+        with petastorm_unpickles_safely():
+            reader = make_reader(url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
+                                 seed=self.seed + self.epoch, workers_count=max(self.workers, 1),
+                                 reader_pool_type="thread", schema_fields=list(FIELDS), filesystem=filesystem)
+        with reader:
             for row in reader:
                 for _ in range(counts.pop(getattr(row, ID), 0)):
                     yield {name: getattr(row, name) for name in FIELDS}
 
-    def _pixels(self, image) -> np.ndarray:
-        """Petastorm's reader hands decoded arrays; the arrow backend hands the stored bytes."""
-        return image if isinstance(image, np.ndarray) else decode_rgb(image)
+    def _pixels(self, sample: dict) -> np.ndarray:
+        """The sample's H x W x 3 uint8 pixels as the manifest declares them: Petastorm's reader hands decoded
+        arrays (checked), the arrow backend the stored bytes (decoded by the declared codec only)."""
+        image = sample["image"]
+        try:
+            if isinstance(image, np.ndarray):
+                return check_array(image, self.shape)
+            if not isinstance(image, bytes):
+                raise ExportError(f"an image stored as {type(image).__name__}, not bytes")
+            return self._decode(image)
+        except ExportError as e:
+            raise ExportError(f"{self.url}: sample {sample.get(ID)!r}: {e}") from None
 
 
 def make_dataloader(
