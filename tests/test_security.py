@@ -252,8 +252,8 @@ def test_the_arrow_reader_decodes_only_what_the_manifest_declares(exports, tmp_p
 def test_ndarray_exports_are_checked_before_anything_is_allocated(exports, tmp_path):
     root, train = _copy(exports["ndarray"], tmp_path)
     assert list(make_dataloader(root, "train", 8, workers=1))  # as written, it reads
-    huge = io.BytesIO()  # a .npy header declaring 10 GB of pixels, and no pixels
-    np.lib.format.write_array_header_1_0(huge, {"descr": "|u1", "fortran_order": False, "shape": (60000, 60000, 3)})  # (magic too)
+    huge = io.BytesIO()  # a .npy magic and header declaring 10 GB of pixels, and no pixels
+    np.lib.format.write_array_header_1_0(huge, {"descr": "|u1", "fortran_order": False, "shape": (60000, 60000, 3)})
     header = huge.getvalue()
     for hostile, message in ((header, r"\(60000, 60000, 3\)"), (pickle.dumps([1]), "not a .npy")):
         _replace_image(train, lambda i, image, hostile=hostile: hostile if i == 2 else image)
