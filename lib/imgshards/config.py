@@ -46,6 +46,8 @@ class SplitConfig:
 LABEL_SOURCES = ("folder", "file", "none")
 LABEL_KEYS = ("path", "name")
 MISSING_POLICIES = ("keep", "mark_deleted")
+# Symbolic links under a local input: followed where they stay inside it (the default), anywhere, or never.
+FOLLOW_LINKS = ("within_input", "all", "none")
 # copy: images.content holds the file's bytes; reference: only its path, sha256 and header fields (the
 # source stays where it is and preprocess reads it by path, checking the sha256).
 CONTENT_MODES = ("copy", "reference")
@@ -122,6 +124,7 @@ class IngestConfig:
     missing: str = "keep"
     content: str = "copy"
     skip_unchanged: bool = True
+    follow_links: str = "within_input"
     stream: StreamConfig = field(default_factory=StreamConfig)
 
     def validate(self) -> None:
@@ -133,6 +136,8 @@ class IngestConfig:
             raise ConfigError(f"ingest.missing must be one of {list(MISSING_POLICIES)}, got {self.missing!r}")
         if self.content not in CONTENT_MODES:
             raise ConfigError(f"ingest.content must be one of {list(CONTENT_MODES)}, got {self.content!r}")
+        if self.follow_links not in FOLLOW_LINKS:
+            raise ConfigError(f"ingest.follow_links must be one of {list(FOLLOW_LINKS)}, got {self.follow_links!r}")
         if not self.extensions:
             raise ConfigError("ingest.extensions must name at least one extension")
         for ext in self.extensions:

@@ -29,6 +29,13 @@ QUARANTINE_REASONS = {
     "unreadable": "the file could not be read from storage",
     "changed_since_ingest": "ingest.content is reference and the source file's bytes no longer match its sha256",
     "unlabeled": "labels are required (ingest.labels.required) and none was found for the file",
+    # Decided from the listing of a local input, before anything is read:
+    "name_not_utf8": "the file's name is not UTF-8, which Spark, Delta and object stores cannot hold (the path shown "
+                     "escapes its bytes as \\xNN); rename the file",
+    "broken_link": "a symbolic link whose target does not exist (or a chain of links too long to follow)",
+    "link_outside_input": "a symbolic link to a file or folder outside the input (ingest.follow_links: within_input)",
+    "link_loop": "a symbolic link to a folder that is listed already (a loop, or a second link to it)",
+    "link_not_followed": "a symbolic link, and ingest.follow_links is none",
 }
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "PPM", "TGA"})

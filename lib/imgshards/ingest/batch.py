@@ -16,7 +16,7 @@ from imgshards.config import PipelineConfig
 from imgshards.delta import tables
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.labels import label_key
-from imgshards.ingest.read import INGEST_STAGE, PROBED_SCHEMA, probe_batches, read_files
+from imgshards.ingest.read import INGEST_STAGE, PROBED_SCHEMA, probe_batches
 from imgshards.ingest.write import ensure_tables, quarantine_rows, write_batch
 from imgshards.observe import progress
 from imgshards.runtime.background import Background
@@ -102,11 +102,7 @@ def ingest_batch(
         quarantine = quarantine_rows(spark, probed, oversized, rejected, run_id)
         # A conflict with a concurrent writer redoes the write from the tables' new version: files another
         # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
-        if "content" in files.columns or config.ingest.content == "reference":
-            with_bytes = readable
-        else:  # listed local files: Spark's reader reads the bytes to keep, by path
-            with_bytes = read_files(spark, base, config).filter(F.col("length") <= ingest.max_bytes)
-        tables.retry_on_conflict("ingest", lambda: write_batch(spark, config, with_bytes, probed, probed_ok, quarantine,
+        tables.retry_on_conflict("ingest", lambda: write_batch(spark, config, readable, probed, probed_ok, quarantine,
                                                           counts, run_id))
     finally:
         probed.unpersist()

@@ -69,6 +69,23 @@ def _read_local(path: str, max_bytes: int) -> bytes:
     return data
 
 
+LOCAL_CONTENT_SCHEMA = "path string, content binary"
+
+
+def local_contents(batches: Iterator[pd.DataFrame], max_bytes: int) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (path) of local files -> (path, content) read in this Python worker; null content
+    for a file that can no longer be read as probed (its row is then not written, and the write's count
+    check says so). Any name the listing took is opened as it is: Hadoop's paths are not involved."""
+    for batch in batches:
+        contents = []
+        for path in batch["path"]:
+            try:
+                contents.append(_read_local(path, max_bytes))
+            except imaging.ImageError:
+                contents.append(None)
+        yield pd.DataFrame({"path": batch["path"], "content": contents})
+
+
 def probe_batches(
     batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int, labels: LabelsConfig,
     group_regex: Optional[str], phash: bool, done=None, max_bytes: int = 2**31 - 1, crc32: bool = False,

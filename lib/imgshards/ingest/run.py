@@ -41,12 +41,14 @@ log = logging.getLogger(__name__)
 def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run_id: str) -> IngestCounts:
     """Ingest every image under ``input_root`` (batch); returns the counts (already checked to add up)."""
     ingest = config.ingest
-    listing = list(storage.list_files(spark, input_root))
+    listing = list(storage.list_files(spark, input_root, ingest.follow_links))
     skipped_hidden = skipped_non_image = 0
     rejected, candidates = [], {}
     for f in listing:
         if is_hidden(f.relative):
             skipped_hidden += 1
+        elif f.reason is not None:  # decided by the listing (links, names, listing errors)
+            rejected.append((f.path, f.size_bytes, f.reason, f.detail))
         elif not has_extension(f.relative, ingest.extensions):
             skipped_non_image += 1
         elif f.size_bytes == 0:

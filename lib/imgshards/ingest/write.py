@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections import Counter
 
@@ -16,7 +17,7 @@ from imgshards.config import PipelineConfig
 from imgshards.delta import tables
 from imgshards.ingest import near_duplicates
 from imgshards.ingest.counts import IngestCounts
-from imgshards.ingest.read import INGEST_STAGE
+from imgshards.ingest.read import INGEST_STAGE, LOCAL_CONTENT_SCHEMA, local_contents
 from imgshards.ingest.rules import EXAMPLES, split_column, split_key_column
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
@@ -161,7 +162,12 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
         # hashed catches a file that changed in between (CRC32 runs at memory speed in the JVM, where its
         # SHA-256 without C2 is an order of magnitude slower); the written row count is checked against
         # what was accepted.
-        content = files.select("path", "content", F.crc32("content").alias("_crc32"))
+        if "content" in files.columns:  # Spark's reader (object stores)
+            content = files.select("path", "content")
+        else:  # listed local files: read again by the Python workers, as the probe read them, and only those kept
+            content = accepted.select("path").mapInPandas(
+                functools.partial(local_contents, max_bytes=config.ingest.max_bytes), LOCAL_CONTENT_SCHEMA)
+        content = content.select("path", "content", F.crc32("content").alias("_crc32"))
         images = content.join(accepted, "path").filter(F.col("_crc32") == F.col("crc32"))
     images = images.select(
         "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from stat import S_ISDIR as stat_is_dir
+from stat import S_ISREG as stat_is_file
 from typing import Iterator, Optional
 from urllib.parse import urlparse
 
@@ -134,6 +136,10 @@ class ListedFile:
     relative: str  # relative to the listed root
     size_bytes: int
     modified_ns: int = 0  # modification time (ns since the epoch; the store's resolution)
+    # Set where the listing itself decides the file is not to be read (a local input's links, names and
+    # listing errors): a quarantine reason (imaging.QUARANTINE_REASONS) and its detail.
+    reason: Optional[str] = None
+    detail: Optional[str] = None
 
 
 def _fs_and_path(spark: SparkSession, url: str):
@@ -168,18 +174,18 @@ def require_dir(spark: SparkSession, root: str) -> None:
         raise InputPathError(f"input path is a file, not a folder: {root}")
 
 
-def list_files(spark: SparkSession, root: str) -> Iterator[ListedFile]:
+def list_files(spark: SparkSession, root: str, follow_links: str = "within_input") -> Iterator[ListedFile]:
     """Every file under ``root``, recursively (hidden ones included: the caller decides).
 
-    Local folders are walked with os.scandir (about 4 us a file), S3 prefixes listed in bulk by pyarrow
-    (the object store's own paging: 1,000 keys a request); other file systems through Hadoop's FileSystem
-    over py4j, which costs a few milliseconds a file on the driver (on a Spark Connect session, through
-    pyarrow as well).
+    Local folders are walked with os.scandir (about 4 us a file; links as ``follow_links`` says, see
+    :func:`_walk_local`), S3 prefixes listed in bulk by pyarrow (the object store's own paging: 1,000 keys a
+    request); other file systems through Hadoop's FileSystem over py4j, which costs a few milliseconds a
+    file on the driver (on a Spark Connect session, through pyarrow as well).
     """
     require_dir(spark, root)
     base = qualify(spark, root).rstrip("/")
     if base.startswith("file:"):
-        yield from _walk_local(base)
+        yield from _walk_local(base, follow_links)
         return
     if is_s3(base) or is_connect(spark):
         yield from _list_arrow(spark, base)
@@ -208,20 +214,80 @@ def _list_arrow(spark: SparkSession, base: str) -> Iterator[ListedFile]:
                              modified_ns=info.mtime_ns or 0)
 
 
-def _walk_local(base: str) -> Iterator[ListedFile]:
-    """The local equivalent of Hadoop's recursive listFiles, with the same ``file:/...`` paths."""
+def _display(path: str) -> str:
+    """A local path as text every store takes: a name that is not UTF-8 (os.scandir gives its bytes as
+    surrogates) with those bytes escaped as \\xNN."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk_local(base: str, follow_links: str = "within_input") -> Iterator[ListedFile]:
+    """The local equivalent of Hadoop's recursive listFiles, with the same ``file:/...`` paths; whatever
+    cannot be read as a file of the input is listed with its quarantine reason instead of failing the run:
+
+    - symbolic links are followed as ``follow_links`` says (``within_input``: where the target is inside the
+      input; ``all``; ``none``); a link to a folder listed already (back into what is being listed, or a
+      second link to one folder) is ``link_loop``, and a dangling link ``broken_link``;
+    - a name that is not UTF-8 is ``name_not_utf8`` (its path shown with \\xNN escapes);
+    - a file gone between its listing and its size, and a folder that cannot be listed, are ``unreadable``.
+    """
     local_root = base[len("file:"):]
+    real_root = os.path.realpath(local_root)
+
+    def entry(path: str, size: int = 0, modified_ns: int = 0, reason: Optional[str] = None,
+              detail: Optional[str] = None) -> ListedFile:
+        shown = _display(path)
+        if reason is None and shown != path:
+            reason, detail = "name_not_utf8", "the name's bytes are not UTF-8"
+        return ListedFile(path="file:" + shown, relative=shown[len(local_root) + 1:], size_bytes=size,
+                          modified_ns=modified_ns, reason=reason, detail=detail)
+
+    def inside(target: str) -> bool:
+        return target == real_root or target.startswith(real_root.rstrip("/") + "/")
+
+    visited = {(st.st_dev, st.st_ino) for st in [os.stat(local_root)]}
     stack = [local_root]
     while stack:
         folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=True):
-                    stat = entry.stat()
-                    yield ListedFile(path="file:" + entry.path, relative=entry.path[len(local_root) + 1:],
-                                     size_bytes=stat.st_size, modified_ns=stat.st_mtime_ns)
+        try:
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError as e:
+            yield entry(folder, reason="unreadable", detail=f"the folder could not be listed: {e.strerror or e}")
+            continue
+        for item in entries:
+            link = item.is_symlink()
+            if link and follow_links == "none":
+                yield entry(item.path, reason="link_not_followed", detail=f"-> {_display(os.readlink(item.path))}")
+                continue
+            try:
+                st = item.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                if link:
+                    yield entry(item.path, reason="broken_link", detail=f"-> {_display(os.readlink(item.path))}")
+                else:
+                    yield entry(item.path, reason="unreadable", detail="gone between its listing and its size")
+                continue
+            except OSError as e:  # ELOOP: a link to itself, or a chain too long
+                yield entry(item.path, reason="broken_link" if link else "unreadable", detail=e.strerror or str(e))
+                continue
+            if link and follow_links == "within_input" and not inside(os.path.realpath(item.path)):
+                yield entry(item.path, reason="link_outside_input",
+                            detail=f"-> {_display(os.path.realpath(item.path))} (ingest.follow_links)")
+                continue
+            if stat_is_dir(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if link and key in visited:  # (a folder tree without links has no loops)
+                    yield entry(item.path, reason="link_loop", detail=f"-> {_display(os.path.realpath(item.path))}")
+                    continue
+                visited.add(key)
+                stack.append(item.path)
+            elif stat_is_file(st.st_mode):
+                yield entry(item.path, st.st_size, st.st_mtime_ns)
+            # (sockets, FIFOs, devices: not files of a collection, and reading a FIFO would block)
 
 
 def file_status(spark: SparkSession, url: str) -> tuple:
