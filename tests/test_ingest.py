@@ -433,6 +433,31 @@ def test_streaming_two_batches_and_restart_from_checkpoint(spark, tmp_path):
     assert len(paths) == len(set(paths)) == 5
 
 
+def test_streaming_survives_a_deleted_file_and_takes_old_copies(spark, tmp_path):
+    """A file deleted after the stream planned it (available_now plans every batch at the start) is passed
+    over instead of failing every restart; a file copied with its old modification time (cp -p, rsync -a),
+    weeks older than the newest seen, is still taken (Spark's default maxFileAge would skip it)."""
+    raw = tmp_path / "raw"
+    config = make_config(tmp_path, "ingest.stream.max_files_per_trigger=2")
+    now = dt.datetime.now().timestamp()
+    for i in range(4):
+        write_jpeg(raw / "a" / f"s{i}.jpg", photo(300 + i))
+        os.utime(raw / "a" / f"s{i}.jpg", (now - 100 + i, now - 100 + i))  # the order the source takes them
+
+    def delete_the_last(totals):
+        if totals.batches == 1:
+            os.remove(raw / "a" / "s3.jpg")  # planned for the second batch, gone before it reads
+
+    first = run_ingest_stream(spark, config, str(raw), "gone", on_batch=delete_the_last)
+    assert (first.batches, first.seen, first.ingested) == (2, 3, 3)
+
+    write_jpeg(raw / "b" / "old-copy.jpg", photo(400))
+    month_ago = now - 30 * 86400
+    os.utime(raw / "b" / "old-copy.jpg", (month_ago, month_ago))
+    second = run_ingest_stream(spark, config, str(raw), "old")
+    assert (second.seen, second.ingested) == (1, 1)
+
+
 def _manifest(root):
     with open(os.path.join(root, "MANIFEST.tsv")) as f:
         return {row["path"].split("/", 1)[1]: row for row in csv.DictReader(f, delimiter="\t")}

@@ -103,8 +103,12 @@ class StreamConfig:
     trigger: str = "available_now"
     checkpoint: Optional[str] = None
     max_files_per_trigger: int = 1000
+    max_file_age: Optional[str] = None  # e.g. '30d'; None: no limit (see conf/pipeline.yaml)
 
     def validate(self) -> None:
+        if self.max_file_age is not None and not re.fullmatch(r"[1-9]\d*\s*(d|h|m|s|days?|hours?|minutes?|seconds?)",
+                                                                self.max_file_age):
+            raise ConfigError(f"ingest.stream.max_file_age must be null or a duration like '30d', got {self.max_file_age!r}")
         if self.trigger != "available_now" and not re.fullmatch(r"\d+\s+(seconds?|minutes?|hours?)", self.trigger):
             raise ConfigError("ingest.stream.trigger must be 'available_now' or an interval like '30 seconds', "
                               f"got {self.trigger!r}")

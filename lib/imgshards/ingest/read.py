@@ -132,6 +132,9 @@ def probe_batches(
             done.add(len(rows))
 
 
+NO_FILE_AGE_LIMIT = "36500d"  # a century: ingest.stream.max_file_age null
+
+
 def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, stream: bool = False) -> DataFrame:
     """binaryFile over the image files under ``input_root``: path, length, content (read lazily)."""
     reader = spark.readStream if stream else spark.read
@@ -140,12 +143,15 @@ def read_files(spark: SparkSession, input_root: str, config: PipelineConfig, *, 
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", extension_glob(config.ingest.extensions))
     )
+    # A file deleted between the listing and the read is skipped, not a failed job: the batch run
+    # quarantines it from its own listing (ingest_batch's ``listed``); a stream, whose restart would plan the
+    # same files again, goes on without it.
+    reader = reader.option("ignoreMissingFiles", "true")
     if stream:
-        reader = reader.schema(BINARY_FILE_SCHEMA).option("maxFilesPerTrigger", config.ingest.stream.max_files_per_trigger)
-    else:
-        # A file deleted between the listing and the read is skipped, not a failed job; the batch run
-        # quarantines it from its own listing (ingest_batch's ``listed``).
-        reader = reader.option("ignoreMissingFiles", "true")
+        stream_config = config.ingest.stream
+        reader = reader.schema(BINARY_FILE_SCHEMA).option("maxFilesPerTrigger", stream_config.max_files_per_trigger)
+        # Spark's default (7 days) silently passes over files older than the newest seen.
+        reader = reader.option("maxFileAge", stream_config.max_file_age or NO_FILE_AGE_LIMIT)
     return reader.load(input_root).select("path", "length", "content")
 
 
