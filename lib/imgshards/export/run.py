@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import posixpath
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -21,10 +22,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import imgshards
-from imgshards.config import PipelineConfig, join_path
+from imgshards.config import ConfigError, PipelineConfig, join_path
 from imgshards.delta import tables
 from imgshards.export.petastorm import dataset_url, decode_to_npy, write_dataset
-from imgshards.export.publish import previous_versions, publish_manifest
+from imgshards.export.publish import prune, publish_manifest
 from imgshards.export.stats import normalization_stats
 from imgshards.export.unischema import export_schema_summary, export_unischema_pickle
 from imgshards.io import storage
@@ -49,6 +50,7 @@ class ExportResult:
     read_bytes: int = 0  # encoded images read from processed
     written_bytes: int = 0  # Parquet files written, all splits
     kept: bool = False  # the published version already held these samples; nothing was written (pipeline)
+    published: bool = True  # False: a newer export was published meanwhile, and this one left unpublished
 
 
 def run_export(
@@ -61,6 +63,11 @@ def run_export(
 
 
 def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_version: Optional[int]) -> ExportResult:
+    finished = join_path(config.output, VERSION_PREFIX + run_id, MANIFEST_FILE)
+    if storage.read_text(spark, finished) is not None:
+        # (a folder that a killed export left without its manifest is simply written again)
+        raise ConfigError(f"run id {run_id!r} already made the export {posixpath.dirname(finished)}: a finished "
+                          "version is never rewritten in place; run with a new --run-id")
     images, version = tables.read_table(spark, config.table(IMAGES_TABLE), as_of_version)
     images = images.filter(F.col("deleted_at").isNull())
     processed, _ = tables.read_table(spark, config.table(PROCESSED_TABLE))
@@ -141,12 +148,14 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
     )
     storage.write_text(spark, join_path(version_dir, MANIFEST_FILE), manifest.to_json(version_name))
     storage.write_text(spark, join_path(version_dir, CLASSES_FILE), classes_json(classes))
-    storage.write_text(spark, join_path(output, CLASSES_FILE), classes_json(classes))
-    publish_manifest(spark, output, manifest.to_json())
-    for old in previous_versions(spark, output)[: -export.keep_versions]:
-        if old != version_name:  # the version just published is never removed
-            storage.delete(spark, join_path(output, old))
-    return ExportResult(output=output, version_dir=version_dir, source_version=version, classes=classes, counts=counts,
+    was_published = publish_manifest(spark, output, manifest.to_json(), run_id)
+    if was_published:
+        storage.write_text(spark, join_path(output, CLASSES_FILE), classes_json(classes))
+    removed = prune(spark, output, export.keep_versions, version_name)
+    if removed:
+        log.info("export: removed the older versions %s", ", ".join(removed))
+    return ExportResult(published=was_published, output=output, version_dir=version_dir, source_version=version,
+                        classes=classes, counts=counts,
                         rows={split: info["rows"] for split, info in splits.items()}, read_bytes=read_bytes,
                         written_bytes=written_bytes)
 

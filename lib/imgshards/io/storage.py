@@ -345,6 +345,22 @@ def rename(spark: SparkSession, src: str, dst: str) -> None:
         raise OSError(f"could not rename {src} to {dst}")
 
 
+def replace(spark: SparkSession, src: str, dst: str) -> None:
+    """Rename ``src`` over ``dst`` in one step: Hadoop's FileContext rename with OVERWRITE (atomic on HDFS);
+    on a Spark Connect session, pyarrow's move."""
+    if is_connect(spark):
+        arrow, source = arrow_fs(spark, src)
+        arrow.move(source, arrow_fs(spark, dst)[1])
+        return
+    jvm = spark.sparkContext._jvm
+    src_path, dst_path = jvm.org.apache.hadoop.fs.Path(src), jvm.org.apache.hadoop.fs.Path(dst)
+    context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(src_path.toUri(),
+                                                                 spark.sparkContext._jsc.hadoopConfiguration())
+    options = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+    options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+    context.rename(src_path, dst_path, options)
+
+
 def read_text(spark: SparkSession, url: str) -> Optional[str]:
     """The UTF-8 text at ``url``, or None when there is no such file."""
     fs, path = arrow_fs(spark, url)

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -82,6 +83,18 @@ class Job:
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+# A run id names files and folders (the export's v-<run_id>, run summaries, Pushgateway groups): letters,
+# digits, '.', '_' and '-', starting with a letter or digit, so that it never leaves the folder it names.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(f"--run-id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                          f"(and no '..'), got {run_id!r}")
+    return run_id
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -165,10 +178,10 @@ def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool =
     args = job.parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
     except ConfigError as e:
         print(f"{job.name}: configuration error: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    run_id = args.run_id or new_run_id()
     log.info("%s run %s with config %s", job.name, run_id, json.dumps(config.to_dict(), default=list))
     spark = get_spark(f"imgshards-{job.name}")
     try:
