@@ -347,3 +347,17 @@ spark.stop()
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^metrics_\w+_driver_BlockManager_memory_\w+\{", result.stdout, re.M), result.stdout[:2000]
     assert re.search(r'^metrics_executor_\w+\{application_id="local-', result.stdout, re.M), result.stdout[:2000]
+
+
+def test_a_failed_run_pushes_its_failure(spark, pushgateway, tmp_path):
+    """A run that fails once Spark is up (here: a missing input) still pushes its group, with
+    imgshards_run_ok 0, so a dashboard or alert sees the failure instead of the last success."""
+    from imgshards.jobs import ingest as ingest_job
+
+    code = ingest_job.main(["--run-id", "failing-run", "--input", str(tmp_path / "missing"),
+                            "--warehouse", str(tmp_path / "wh"), "--set", f"workdir={json.dumps(str(tmp_path))}",
+                            "--set", f"metrics.pushgateway={pushgateway}"], stop_session=False)
+    assert code == 2
+    got = gateway_samples(pushgateway, "imgshards_ingest", "failing-run")
+    assert got[("imgshards_run_ok", frozenset())] == 0
+    assert not any(name == "imgshards_last_success_timestamp_seconds" for name, _ in got)

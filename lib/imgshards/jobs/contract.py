@@ -169,6 +169,11 @@ def _write_summary(config: PipelineConfig, job: str, run_id: str, summary: dict)
     return path
 
 
+def _push_failure(config: PipelineConfig, job: str, run_id: str, error: BaseException) -> None:
+    """Push the failed run's group (``imgshards_run_ok`` 0) to the Pushgateway, if one is set."""
+    metrics.push(config, job, run_id, {"job": job, "run_id": run_id, "ok": False, "error": type(error).__name__})
+
+
 def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool = True) -> int:
     """Parse ``argv``, validate the config, run ``job.run(spark, config, args, run_id)`` and print its summary.
 
@@ -200,7 +205,11 @@ def run_job(job: Job, argv: Optional[Sequence[str]] = None, stop_session: bool =
     except (ConfigError, FileNotFoundError, TableVersionError, storage.StorageError) as e:
         # Bad settings or inputs found once Spark is up (missing input path, unknown version): no traceback.
         print(f"{job.name}: error: {e}", file=sys.stderr)
+        _push_failure(config, job.name, run_id, e)
         return EXIT_BAD_CONFIG
+    except BaseException as e:
+        _push_failure(config, job.name, run_id, e)  # (dashboards see imgshards_run_ok 0, not silence)
+        raise
     finally:
         if stop_session:
             spark.stop()
