@@ -52,6 +52,10 @@ def retry_on_conflict(what: str, attempt: Callable[[], T], attempts: int = CONFL
     raise AssertionError("unreachable")
 
 
+class ConcurrentCreation(RuntimeError):
+    """Another writer was creating the same table (its log not yet committed): retried as a conflict."""
+
+
 class TableVersionError(ValueError):
     """A Delta version that the table does not have; or a table that lacks columns this version writes."""
 
@@ -68,7 +72,7 @@ _REFUSED_CONF: set = set()  # Spark settings this session would not take (warned
 # Every function takes a table as a :class:`~imgshards.config.Table` (a folder, or a name in the session's
 # catalog) or as a folder's path. On a Spark Connect session the Delta Python API needs Delta's Connect server
 # plugin, which a platform may not have; there the same operations go through Delta's SQL, on the table's name
-# or on its path (``delta.`<path>```). Named tables go through SQL on classic sessions too, except MERGE.
+# or on its path (``delta.`<path>```). Named tables and MERGE go through SQL on classic sessions too.
 TableLike = Union[Table, str]
 
 
@@ -87,21 +91,17 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _delta_table(spark: SparkSession, table: Table) -> DeltaTable:
-    return DeltaTable.forName(spark, table.name) if table.name else DeltaTable.forPath(spark, table.path)
-
-
 def is_delta_table(spark: SparkSession, table: TableLike) -> bool:
-    """Whether the table exists: by name in the catalog, or (a folder) from one listing of its log where
-    pyarrow reaches the storage (no Spark job), else by asking Delta."""
+    """Whether the table exists: by name in the catalog; a folder by asking Delta (classic), or on Spark
+    Connect from one listing of its log where pyarrow reaches the storage (no Spark job), else by asking Delta."""
     t = as_table(table)
     if t.name:
         return spark.catalog.tableExists(t.name)
+    if not is_connect(spark):
+        return DeltaTable.isDeltaTable(spark, t.path)
     found = _commit_files(spark, t)
     if found is not None:
         return bool(found[1])
-    if not is_connect(spark):
-        return DeltaTable.isDeltaTable(spark, t.path)
     try:
         spark.sql(f"DESCRIBE DETAIL {_sql_name(t)}").collect()
         return True
@@ -143,13 +143,18 @@ def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> N
             # A metadata-only first commit (no empty Parquet file, no write job), a fraction of the
             # time of writing an empty DataFrame. Nullable columns, as a DataFrame write would have made them.
             nullable = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in schema.fields])
-            if t.name or is_connect(spark):
-                _ensure_schema(spark, t)
-                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in nullable.fields)
-                location = f" LOCATION {_sql_string(t.path)}" if t.name and t.path else ""
-                spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(t)} ({columns}) USING delta{location}").collect()
-            else:
-                DeltaTable.createIfNotExists(spark).location(t.path).addColumns(nullable).execute()
+            try:
+                if t.name or is_connect(spark):
+                    _ensure_schema(spark, t)
+                    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in nullable.fields)
+                    location = f" LOCATION {_sql_string(t.path)}" if t.name and t.path else ""
+                    spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(t)} ({columns}) USING delta{location}").collect()
+                else:
+                    DeltaTable.createIfNotExists(spark).location(t.path).addColumns(nullable).execute()
+            except Exception as e:
+                if "NON_EMPTY_LOCATION" in str(e):  # another writer is creating it right now: look again
+                    raise ConcurrentCreation(f"{t} is being created by another writer") from e
+                raise
             _CREATED_HERE.add(str(t))
 
     retry_on_conflict(f"creating {t}", create)  # two writers creating it at once: one wins, both go on
@@ -160,23 +165,16 @@ def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> N
 
 
 def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: str, *, delete_when: Optional[str] = None,
-          update_all_when: Optional[str] = None, update_set: Optional[dict] = None, insert_all: bool = False) -> None:
+          update_all_when: Optional[str] = None, update_set: Optional[dict] = None, insert_all: bool = False) -> dict:
     """MERGE ``source`` (alias ``s``) into the table (alias ``t``) on ``condition``: matched rows
     deleted where ``delete_when`` holds, updated from ``s`` where ``update_all_when`` holds or set by
-    ``update_set`` (column -> SQL expression), unmatched rows inserted with ``insert_all``."""
+    ``update_set`` (column -> SQL expression), unmatched rows inserted with ``insert_all``. Returns the
+    MERGE's own metrics (``num_inserted_rows``, ``num_updated_rows``, ``num_deleted_rows``): those of this
+    commit, whatever other writers commit meanwhile.
+
+    Delta's SQL on every session: its Python builder needs Delta's Connect plugin on Spark Connect, and
+    returns no metrics before Delta 4."""
     t = as_table(table)
-    if not is_connect(spark):
-        builder = _delta_table(spark, t).alias("t").merge(source.alias("s"), condition)
-        if delete_when:
-            builder = builder.whenMatchedDelete(condition=delete_when)
-        if update_all_when:
-            builder = builder.whenMatchedUpdateAll(condition=update_all_when)
-        if update_set:
-            builder = builder.whenMatchedUpdate(set=update_set)
-        if insert_all:
-            builder = builder.whenNotMatchedInsertAll()
-        builder.execute()
-        return
     clauses = []
     if delete_when:
         clauses.append(f"WHEN MATCHED AND ({delete_when}) THEN DELETE")
@@ -189,9 +187,10 @@ def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: s
     view = f"imgshards_merge_{uuid.uuid4().hex}"
     source.createOrReplaceTempView(view)
     try:
-        spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
+        rows = spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
     finally:
         spark.catalog.dropTempView(view)
+    return rows[0].asDict() if rows else {}
 
 
 def history_frame(spark: SparkSession, table: TableLike, limit: int) -> DataFrame:
@@ -393,12 +392,8 @@ def upsert(
             changes = changes | F.expr(update_when)
         if rows.alias("s").join(target, F.expr(condition), "left").filter(changes).limit(1).count() == 0:
             return 0
-    merge(spark, t, rows.select(*schema.fieldNames()), condition, update_all_when=update_when, insert_all=True)
-    metrics = history_frame(spark, t, 1).select("version", "operation", "operationMetrics").head()
-    if metrics["version"] == before or metrics["operation"] != "MERGE":
-        return 0  # Delta commits nothing when a MERGE has nothing to do
-    m = metrics["operationMetrics"] or {}
-    return int(m.get("numTargetRowsInserted", 0)) + int(m.get("numTargetRowsUpdated", 0))
+    metrics = merge(spark, t, rows.select(*schema.fieldNames()), condition, update_all_when=update_when, insert_all=True)
+    return int(metrics.get("num_inserted_rows") or 0) + int(metrics.get("num_updated_rows") or 0)
 
 
 def history(spark: SparkSession, table: TableLike, limit: int = 20) -> list:
