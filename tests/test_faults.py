@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from imgshards.config import load_config
+from imgshards.export.publish import ABANDONED_AFTER_S, prune
 from imgshards.export.run import MANIFEST_FILE, run_export
 from imgshards.ingest.rules import has_extension
 from imgshards.ingest.run import run_ingest
@@ -170,5 +171,11 @@ def test_export_killed_before_publishing_leaves_the_previous_version_readable(sp
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((output / MANIFEST_FILE).read_text())["version_dir"] == "v-e3"
     assert samples() == before  # same tables, same samples
-    # The half-written folder goes first when old versions are cleaned up (export.keep_versions = 2).
-    assert sorted(p.name for p in output.glob("v-*")) == ["v-e1", "v-e3"]
+    # The half-written folder is left alone (it could be another export still writing) until nothing in it
+    # has changed for a day; then the next clean-up removes it.
+    assert sorted(p.name for p in output.glob("v-*")) == ["v-e1", "v-e2", "v-e3"]
+    day_ago = time.time() - ABANDONED_AFTER_S - 60
+    for path in [output / "v-e2", *(output / "v-e2").rglob("*")]:
+        os.utime(path, (day_ago, day_ago))
+    assert prune(spark, str(output), 2, "v-e3") == ["v-e2"]
+    assert sorted(p.name for p in output.glob("v-*")) == ["v-e1", "v-e3"] and samples() == before

@@ -120,6 +120,17 @@ def test_resume_mid_epoch(export, backend):
     assert sorted(before + after) == sorted(expected)
     if backend == "arrow":
         assert before + after == expected  # same order, too
+    # The state names the export version; a loader on another version refuses it (its plan differs).
+    assert state["export"] == read_manifest(export.output)["version_dir"]
+    other = make_dataloader(export.output, "train", 8, seed=2, backend=backend, collate=False, workers=1,
+                            cur_shard=1, shard_count=2)
+    other.manifest = {**other.manifest, "version_dir": "v-republished"}
+    with pytest.raises(ValueError, match="export version"):
+        other.load_state_dict(state)
+    resumed_there = make_dataloader(os.path.join(export.output, state["export"]), "train", 8, seed=2,
+                                    backend=backend, collate=False, workers=1, cur_shard=1, shard_count=2)
+    resumed_there.load_state_dict(state)  # the version's own folder resumes it
+    assert shas(resumed_there) == after
 
 
 @needs_petastorm

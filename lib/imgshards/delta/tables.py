@@ -184,12 +184,15 @@ def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: s
         clauses.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"t.`{k}` = {v}" for k, v in update_set.items()))
     if insert_all:
         clauses.append("WHEN NOT MATCHED THEN INSERT *")
+    # The view lives in the source's session, which is not ``spark`` in a stream's micro-batch (Spark runs
+    # foreachBatch in a clone of the session): the MERGE runs there.
+    session = source.sparkSession
     view = f"imgshards_merge_{uuid.uuid4().hex}"
     source.createOrReplaceTempView(view)
     try:
-        rows = spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
+        rows = session.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
     finally:
-        spark.catalog.dropTempView(view)
+        session.catalog.dropTempView(view)
     return rows[0].asDict() if rows else {}
 
 

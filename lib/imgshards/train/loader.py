@@ -205,14 +205,25 @@ class ShardedImageLoader:
 
     # -- resuming ------------------------------------------------------------------------------------
 
+    @property
+    def export_version(self) -> str:
+        """The export version this loader reads (its ``v-<run_id>`` folder)."""
+        return self.manifest.get("version_dir") or self.manifest.get("run_id", "")
+
     def state_dict(self) -> dict:
-        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+        state = {"epoch": self.epoch, "position": self.position, "seed": self.seed, "export": self.export_version,
                  "cur_shard": self.cur_shard, "shard_count": self.shard_count, "backend": self.backend}
         if self.backend == "petastorm":
             state["yielded"] = list(self._yielded)
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue where ``state`` was saved. The plan depends on the export's row groups, so a state saved
+        on another export version is refused (open the loader on that version's folder to resume it)."""
+        if "export" in state and state["export"] != self.export_version:
+            raise ValueError(f"state_dict was saved on export version {state['export']!r}; this loader reads "
+                             f"{self.export_version!r}: open the loader on <export>/{state['export']} to resume "
+                             "there, or start the epoch over")
         for key in ("seed", "cur_shard", "shard_count", "backend"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"state_dict was saved with {key}={state[key]!r}, this loader has {getattr(self, key)!r}")
