@@ -69,7 +69,10 @@ profile_file="$root/conf/spark/$profile.conf"
 dist="$root/.work/dist"
 mkdir -p "$dist"
 properties="$dist/spark-$profile.conf"
-cat "$root/lib/imgshards/spark-defaults.conf" "$profile_file" | sed "s|@ROOT@|$root|g" > "$properties"
+# Written under a name of its own, then renamed over: launches at the same time never read a half-written file.
+staged="$(mktemp "$dist/.spark-$profile.XXXXXX")"
+cat "$root/lib/imgshards/spark-defaults.conf" "$profile_file" | sed "s|@ROOT@|$root|g" > "$staged"
+mv -f "$staged" "$properties"
 [[ -n "$master" ]] || master="$(awk '$1 == "spark.master" {print $2}' "$properties")"
 [[ -n "$master" ]] || { echo "spark-submit.sh: profile '$profile' sets no spark.master; pass --master URL" >&2; exit 2; }
 

@@ -105,8 +105,8 @@ def test_the_pipeline_on_spark_connect_equals_a_classic_run(spark, remote, tmp_p
 
 def test_tables_by_name_in_a_metastore(spark, remote, metastore, tmp_path):
     """tables.schema: managed tables in the Connect server's Hive metastore (Derby), and external tables
-    named in this classic session's catalog; both runs make the same tables and export, and a re-run, history,
-    an export at an older version and the report work by name."""
+    named in this classic session's catalog; both runs make the same tables and export, and a re-run (classic),
+    history, an export at an older version and the report (Connect) work by name."""
     make_sample_dataset(str(tmp_path / "raw"), per_class=16, seed=11)
     settings = ["preprocess.size=48", "export.files_per_split=2"]
     classic = dataclasses.replace(
@@ -137,7 +137,7 @@ def test_tables_by_name_in_a_metastore(spark, remote, metastore, tmp_path):
         report = f.read()
     assert first["ingest"]["quarantine_reasons"] and all(reason in report for reason in first["ingest"]["quarantine_reasons"])
 
-    again = run_on_connect(remote, "pipeline", "--input", classic.input, "--output", str(work / "shards"), *common)
+    again = run_pipeline(spark, classic, "classic-named-again")  # (a re-run on Connect: the test above)
     assert again["ingest"]["ingested"] == 0 and again["preprocess"]["processed"] == 0
     history = run_on_connect(remote, "history", *common)
     *_, ingested, created = history["tables"]["images"]
