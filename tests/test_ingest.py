@@ -450,6 +450,8 @@ def test_streaming_survives_a_deleted_file_and_takes_old_copies(spark, tmp_path)
 
     first = run_ingest_stream(spark, config, str(raw), "gone", on_batch=delete_the_last)
     assert (first.batches, first.seen, first.ingested) == (2, 3, 3)
+    # The micro-batches' commits carry their run ids (the MERGE runs in the job's session, not the stream's).
+    assert {h.get("run_id") for h in tables.history(spark, config.table("images"), 5)} >= {"gone-b0", "gone-b1"}
 
     write_jpeg(raw / "b" / "old-copy.jpg", photo(400))
     month_ago = now - 30 * 86400

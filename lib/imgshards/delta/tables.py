@@ -184,15 +184,16 @@ def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: s
         clauses.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"t.`{k}` = {v}" for k, v in update_set.items()))
     if insert_all:
         clauses.append("WHEN NOT MATCHED THEN INSERT *")
-    # The view lives in the source's session, which is not ``spark`` in a stream's micro-batch (Spark runs
-    # foreachBatch in a clone of the session): the MERGE runs there.
-    session = source.sparkSession
+    # A global temporary view: the source may belong to another session than ``spark`` (a stream's
+    # micro-batch runs in a clone of the job's session), and the MERGE runs in ``spark``, whose settings
+    # (the commit metadata) it must carry.
     view = f"imgshards_merge_{uuid.uuid4().hex}"
-    source.createOrReplaceTempView(view)
+    source.createOrReplaceGlobalTempView(view)
     try:
-        rows = session.sql(f"MERGE INTO {_sql_name(t)} AS t USING {view} AS s ON {condition} {' '.join(clauses)}").collect()
+        rows = spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING global_temp.{view} AS s ON {condition} "
+                         f"{' '.join(clauses)}").collect()
     finally:
-        session.catalog.dropTempView(view)
+        spark.catalog.dropGlobalTempView(view)
     return rows[0].asDict() if rows else {}
 
 

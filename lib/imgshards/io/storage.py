@@ -248,7 +248,8 @@ def _walk_local(base: str, follow_links: str = "within_input") -> Iterator[Liste
     def inside(target: str) -> bool:
         return target == real_root or target.startswith(real_root.rstrip("/") + "/")
 
-    visited = {(st.st_dev, st.st_ino) for st in [os.stat(local_root)]}
+    root_stat = os.stat(local_root)
+    visited = {(root_stat.st_dev, root_stat.st_ino)}
     stack = [local_root]
     while stack:
         folder = stack.pop()
@@ -332,17 +333,6 @@ def delete(spark: SparkSession, url: str) -> None:
         return
     fs, path = _fs_and_path(spark, url)
     fs.delete(path, True)
-
-
-def rename(spark: SparkSession, src: str, dst: str) -> None:
-    if is_connect(spark):
-        arrow, source = arrow_fs(spark, src)
-        arrow.move(source, arrow_fs(spark, dst)[1])
-        return
-    fs, src_path = _fs_and_path(spark, src)
-    dst_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(dst)
-    if not fs.rename(src_path, dst_path):
-        raise OSError(f"could not rename {src} to {dst}")
 
 
 def replace(spark: SparkSession, src: str, dst: str) -> None:
