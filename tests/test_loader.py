@@ -4,10 +4,12 @@ re-export, other readers, and a loader that imports no Spark or Petastorm."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from collections import Counter
 
 import numpy as np
@@ -18,7 +20,7 @@ from imgshards.export.run import run_export
 from imgshards.ingest.run import run_ingest
 from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
-from imgshards.train.loader import make_dataloader, read_manifest
+from imgshards.train.loader import ShardedImageLoader, make_dataloader, read_manifest
 
 from helpers import ROOT, needs_petastorm
 
@@ -45,6 +47,48 @@ def all_shas(config, split="train") -> list:
 
     url = read_manifest(config.output)["splits"][split]["url"]
     return pq.read_table(url[len("file://"):], columns=["sha256"]).column(0).to_pylist()
+
+
+def planned(rows_per_group: list, *, rank: int, world: int, remainder: str = "drop", shuffle_buffer: int = 7):
+    """A loader over a split of these row groups, from the manifest alone (planning reads no file)."""
+    manifest = {"image": {"height": 8, "width": 8, "channels": 3, "codec": "compressed", "format": "jpeg"},
+                "splits": {"train": {"url": "file:///nowhere", "rows": sum(rows_per_group), "row_groups": [
+                    {"file": f"part-{i // 100}.parquet", "index": i % 100, "rows": n} for i, n in enumerate(rows_per_group)]}}}
+    return ShardedImageLoader(manifest, "train", 16, shuffle=True, seed=5, epoch=2, cur_shard=rank, shard_count=world,
+                              transform=None, workers=1, backend="arrow", remainder=remainder,
+                              shuffle_buffer=shuffle_buffer, collate=False)
+
+
+@pytest.mark.parametrize("remainder", ["drop", "pad"])
+def test_plans_cover_the_split_and_resume_at_any_position(remainder):
+    groups = [13, 1, 40, 7, 22, 9]  # 92 rows
+    plans = [list(planned(groups, rank=r, world=3, remainder=remainder).plan()) for r in range(3)]
+    assert len({len(p) for p in plans}) == 1
+    every = Counter(itertools.chain.from_iterable(plans))
+    rows = {(g, row) for g, n in enumerate(groups) for row in range(n)}
+    if remainder == "drop":  # 92 // 3 = 30 per rank: two rows left out, none twice
+        assert len(every) == 90 and set(every) <= rows and max(every.values()) == 1
+    else:  # 31 per rank: every row, one repeated
+        assert set(every) == rows and sum(every.values()) == 93
+    loader = planned(groups, rank=1, world=3, remainder=remainder)
+    for start in (0, 1, 6, 7, 8, 29, 30):
+        assert list(loader.plan(start)) == plans[1][start:]
+
+
+def test_plan_memory_does_not_grow_with_the_split():
+    def peak_bytes(rows: int) -> int:
+        loader = planned([1000] * (rows // 1000), rank=3, world=8, shuffle_buffer=1024)
+        tracemalloc.start()
+        resumed = loader.plan(loader.samples_per_shard // 2)  # a resume half way through the epoch
+        taken = list(itertools.islice(resumed, 4096))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(taken) == 4096
+        return peak
+
+    small, large = peak_bytes(100_000), peak_bytes(10_000_000)
+    # One id per sample would be ~700 MB for 10 M rows; the plan holds one run per row group (10,000 here).
+    assert large < small + 3_000_000, (small, large)
 
 
 def test_manifest_counts_equal_rows_read(export):

@@ -24,15 +24,22 @@ Two backends yield the same samples per rank and epoch:
 Both are resumable: ``state_dict()`` / ``load_state_dict()`` continue mid-epoch without repeating or
 skipping a sample.
 
+Memory per rank does not grow with the split on the ``arrow`` backend: the plan is one run of rows per row
+group (from the manifest's row counts), the shuffle window ``shuffle_buffer`` (row group, row) pairs, and at
+most two row groups read at a time; resuming costs one window. The ``petastorm`` backend also holds the
+rank's sample ids (its ``in_set`` predicate, and the ids yielded so far in ``state_dict``): 1/shard_count of
+the split's ids.
+
 Both treat the export as untrusted input (:mod:`imgshards.train.untrusted`): no code runs from any of its
 files, and every image is decoded only as the manifest declares it and checked against its shape before it
 is placed in a batch.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -104,6 +111,20 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
         yield chunk
 
 
+def _slice_runs(runs: list, start: int, stop: int) -> list:
+    """The samples at positions [start, stop) of the sequence that ``runs`` [(group, first row, end row)]
+    spell, as runs again."""
+    out, offset = [], 0
+    for g, a, b in runs:
+        lo, hi = max(start - offset, 0), min(stop - offset, b - a)
+        if lo < hi:
+            out.append((g, a + lo, a + hi))
+        offset += b - a
+        if offset >= stop:
+            break
+    return out
+
+
 def _distributed_rank_world() -> tuple[int, int]:
     try:
         import torch.distributed as dist
@@ -140,7 +161,6 @@ class ShardedImageLoader:
         self.collate = collate
         self.position = 0  # samples of the current epoch already yielded on this rank
         self._yielded: list = []  # petastorm backend: sample ids yielded this epoch (its order is not ours)
-        self._ids: Optional[list] = None
         self.shape = declared_shape(manifest["image"])  # every image's, checked before it joins a batch
         self._decode = image_decoder(manifest["image"])
 
@@ -164,44 +184,37 @@ class ShardedImageLoader:
         self.position = 0
         self._yielded = []
 
-    def _row_group_ids(self) -> list:
-        """sample_id of every row, per row group in manifest order (read once; the column is small)."""
-        if self._ids is None:
-            import pyarrow.parquet as pq
-
-            fs, root = _filesystem(self.url, self.s3_endpoint)
-            by_file: dict = {}
-            for group in self.split_info["row_groups"]:
-                by_file.setdefault(group["file"], []).append(group["index"])
-            ids = {}
-            for name, indexes in by_file.items():
-                with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
-                    parquet = pq.ParquetFile(f)
-                    for index in indexes:
-                        ids[(name, index)] = parquet.read_row_group(index, columns=[ID]).column(0).to_pylist()
-            self._ids = [ids[(g["file"], g["index"])] for g in self.split_info["row_groups"]]
-        return self._ids
-
-    def plan(self) -> list:
-        """This rank's samples for the current epoch, in order: [(row group number, row, sample_id)]."""
+    def _runs(self) -> list:
+        """This rank's samples for the current epoch before the window shuffle, as runs of rows
+        [(row group number, first row, end row)]: the row groups permuted with (seed, epoch), padded from the
+        start for ``remainder="pad"``, and the rank's slice of them. Row counts come from the manifest: no
+        file is read, and the plan holds one entry per row group, not per sample."""
         groups = self.split_info["row_groups"]
         order = list(range(len(groups)))
-        rng = np.random.default_rng([self.seed, self.epoch])
         if self.shuffle:
-            rng.shuffle(order)
-        ids = self._row_group_ids()
-        everything = [(g, row, ids[g][row]) for g in order for row in range(groups[g]["rows"])]
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        runs = [(g, 0, groups[g]["rows"]) for g in order]
         per_shard = self.samples_per_shard
-        if self.remainder == "pad" and everything:
-            everything += everything[: per_shard * self.shard_count - len(everything)]
-        mine = everything[self.cur_shard * per_shard : (self.cur_shard + 1) * per_shard]
-        if self.shuffle and self.shuffle_buffer > 1:
-            local = np.random.default_rng([self.seed, self.epoch, self.cur_shard])
-            for start in range(0, len(mine), self.shuffle_buffer):
-                window = mine[start : start + self.shuffle_buffer]
-                local.shuffle(window)
-                mine[start : start + self.shuffle_buffer] = window
-        return mine
+        if self.remainder == "pad":
+            runs += _slice_runs(runs, 0, per_shard * self.shard_count - self.total_rows)
+        return _slice_runs(runs, self.cur_shard * per_shard, (self.cur_shard + 1) * per_shard)
+
+    def plan(self, start: int = 0) -> Iterator[tuple]:
+        """This rank's samples for the current epoch from position ``start`` on, in order: (row group number,
+        row). The rank's sequence is shuffled in windows of ``shuffle_buffer`` samples, each with its own
+        generator (seed, epoch, rank, window), so resuming at any position costs one window, not the epoch
+        so far; memory is one window."""
+        window = self.shuffle_buffer if self.shuffle and self.shuffle_buffer > 1 else max(self.shuffle_buffer, 1)
+        runs = self._runs()
+        first = start // window
+        for w in itertools.count(first):
+            positions = [(g, row) for g, a, b in _slice_runs(runs, w * window, (w + 1) * window) for row in range(a, b)]
+            if not positions:
+                return
+            if self.shuffle and window > 1:
+                order = np.random.default_rng([self.seed, self.epoch, self.cur_shard, w]).permutation(len(positions))
+                positions = [positions[i] for i in order]
+            yield from positions[start - w * window:] if w == first else positions
 
     # -- resuming ------------------------------------------------------------------------------------
 
@@ -276,37 +289,49 @@ class ShardedImageLoader:
         fs, root = _filesystem(self.url, self.s3_endpoint)
         groups = self.split_info["row_groups"]
         cache: dict = {}
-        for g, row, sample_id in self.plan()[self.position :]:
+        for g, row in self.plan(self.position):
             if g not in cache:
                 if len(cache) >= 2:  # the shuffle window spans at most a few row groups
                     cache.pop(next(iter(cache)))
                 with fs.open_input_file(f"{root.rstrip('/')}/{groups[g]['file']}") as f:
-                    table = pq.ParquetFile(f).read_row_group(
-                        groups[g]["index"], columns=list(FIELDS))
+                    table = pq.ParquetFile(f).read_row_group(groups[g]["index"], columns=list(FIELDS))
+                if table.num_rows != groups[g]["rows"]:
+                    raise ExportError(f"{self.url}: row group {g} holds {table.num_rows} rows, the manifest says "
+                                      f"{groups[g]['rows']}")
                 cache[g] = table.to_pydict()
             columns = cache[g]
-            if columns[ID][row] != sample_id:
-                raise RuntimeError(f"{self.url} changed while being read (row group {g}, row {row})")
             yield {name: columns[name][row] for name in FIELDS}
+
+    def _rank_ids(self) -> list:
+        """sample_id of this rank's samples for the epoch, in plan order: read from the row groups the rank's
+        runs touch (about 1/shard_count of the split)."""
+        import pyarrow.parquet as pq
+
+        fs, root = _filesystem(self.url, self.s3_endpoint)
+        groups = self.split_info["row_groups"]
+        ids: dict = {}
+        for g in sorted({g for g, _, _ in self._runs()}, key=lambda g: (groups[g]["file"], groups[g]["index"])):
+            with fs.open_input_file(f"{root.rstrip('/')}/{groups[g]['file']}") as f:
+                ids[g] = pq.ParquetFile(f).read_row_group(groups[g]["index"], columns=[ID]).column(0).to_pylist()
+        return [ids[g][row] for g, row in self.plan()]
 
     def _petastorm_samples(self) -> Iterator[dict]:
         from petastorm import make_reader
         from petastorm.predicates import in_set
 
-        remaining = [sample_id for _, _, sample_id in self.plan()]
-        for sample_id in self._yielded:  # resume: what was yielded is not yielded again (padding repeats once each)
-            remaining.remove(sample_id)
-        if not remaining:
+        # Petastorm yields in its own order, so the rank's ids are counted and what was yielded before a
+        # resume is taken off once (padding repeats an id).
+        counts = Counter(self._rank_ids())
+        counts.subtract(self._yielded)
+        counts = +counts
+        if not counts:
             return
-        counts: dict = {}
-        for sample_id in remaining:
-            counts[sample_id] = counts.get(sample_id, 0) + 1
         from imgshards.io.petastorm_fs import petastorm_location
 
         url, factory = petastorm_location(self.url, self.s3_endpoint)  # object stores: our file system
         filesystem = factory() if factory else None
         with petastorm_unpickles_safely():
-            reader = make_reader(url, num_epochs=1, predicate=in_set(set(remaining), ID), shuffle_row_groups=self.shuffle,
+            reader = make_reader(url, num_epochs=1, predicate=in_set(set(counts), ID), shuffle_row_groups=self.shuffle,
                                  seed=self.seed + self.epoch, workers_count=max(self.workers, 1),
                                  reader_pool_type="thread", schema_fields=list(FIELDS), filesystem=filesystem)
         with reader:
