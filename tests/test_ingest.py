@@ -185,6 +185,50 @@ def test_missing_files_kept_or_marked_deleted(spark, tmp_path):
     assert table(spark, mark, "images").filter("deleted_at IS NULL").count() == 2
 
 
+def test_quarantine_and_duplicates_follow_the_file(spark, tmp_path):
+    """Each path's rows say what its file is now: a file cut short, then complete, leaves quarantine; the
+    copy of an original that is removed takes its place; a file overwritten with a copy of another or with
+    damaged bytes leaves images (its old content by time travel only)."""
+    raw = tmp_path / "raw"
+    whole = write_jpeg(raw / "x" / "cut.jpg", photo(40))
+    with open(raw / "x" / "cut.jpg", "wb") as f:
+        f.write(whole[: len(whole) // 2])
+    original = write_jpeg(raw / "x" / "a.jpg", photo(41))
+    (raw / "x" / "copy.jpg").write_bytes(original)
+    write_jpeg(raw / "x" / "b.jpg", photo(42))
+    write_jpeg(raw / "x" / "c.jpg", photo(43))
+    write_jpeg(raw / "x" / "d.jpg", photo(44))
+    write_jpeg(raw / "x" / "e.jpg", photo(45))
+    config = make_config(tmp_path, "ingest.missing=mark_deleted")
+
+    def where(name: str) -> dict:
+        return {r["path"].rsplit("/", 1)[1]: r for r in table(spark, config, name).collect()}
+
+    first = run_ingest(spark, config, str(raw), "r1")
+    assert (first.ingested, first.duplicates, first.quarantined, first.superseded) == (5, 1, 1, {})
+    assert set(where("quarantine")) == {"cut.jpg"} and set(where("duplicates")) == {"copy.jpg"}
+
+    (raw / "x" / "cut.jpg").write_bytes(whole)  # complete now
+    os.remove(raw / "x" / "a.jpg")  # the original of copy.jpg
+    (raw / "x" / "b.jpg").write_bytes((raw / "x" / "c.jpg").read_bytes())  # now a copy of c.jpg
+    with open(raw / "x" / "c.jpg", "r+b") as f:  # c.jpg damaged in place: its copy b.jpg is the original now
+        f.truncate(300)
+    (raw / "x" / "e.jpg").write_bytes((raw / "x" / "d.jpg").read_bytes())  # now a duplicate of d.jpg
+    second = run_ingest(spark, config, str(raw), "r2")
+    assert second.marked_deleted == 1
+    assert (second.updated, second.ingested) == (1, 2)  # b.jpg's new bytes; cut.jpg and copy.jpg
+    assert second.superseded == {"duplicates": 1, "images": 2, "quarantine": 1}
+    assert where("quarantine").keys() == {"c.jpg"} and where("duplicates").keys() == {"e.jpg"}
+    images = where("images")
+    live = {name for name, r in images.items() if r["deleted_at"] is None}
+    assert live == {"cut.jpg", "copy.jpg", "b.jpg", "d.jpg"}, images
+    assert images["copy.jpg"]["sha256"] == hashlib.sha256(original).hexdigest()
+    assert images["b.jpg"]["sha256"] == hashlib.sha256((raw / "x" / "b.jpg").read_bytes()).hexdigest()
+    assert all(images[name]["deleted_at"] is not None for name in ("a.jpg", "c.jpg", "e.jpg"))
+    third = run_ingest(spark, config, str(raw), "r3")  # nothing more to retire, nothing written
+    assert (third.superseded, third.ingested, third.updated) == ({}, 0, 0)
+
+
 def test_labels_file_with_missing_entries_and_required_labels(spark, tmp_path):
     raw = tmp_path / "raw"
     for i in range(4):

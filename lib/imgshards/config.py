@@ -45,7 +45,7 @@ class SplitConfig:
 
 LABEL_SOURCES = ("folder", "file", "none")
 LABEL_KEYS = ("path", "name")
-MISSING_POLICIES = ("keep", "mark_deleted")
+MISSING_POLICIES = ("keep", "mark_deleted", "purge")
 # Symbolic links under a local input: followed where they stay inside it (the default), anywhere, or never.
 FOLLOW_LINKS = ("within_input", "all", "none")
 # copy: images.content holds the file's bytes; reference: only its path, sha256 and header fields (the
@@ -368,6 +368,16 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class ForgetConfig:
+    """Removing images for good: the forget job and ingest.missing=purge (imgshards.ingest.forget)."""
+
+    retention_hours: int = 168
+
+    def validate(self) -> None:
+        _check_range("forget.retention_hours", self.retention_hours, 0, 24 * 365 * 10)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     input: Optional[str] = None
     warehouse: str = ".work/warehouse"
@@ -382,6 +392,7 @@ class PipelineConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     progress: ProgressConfig = field(default_factory=ProgressConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
 
     def validate(self) -> None:
         for name in ("warehouse", "output", "workdir"):
@@ -396,6 +407,7 @@ class PipelineConfig:
         self.metrics.validate()
         self.progress.validate()
         self.report.validate()
+        self.forget.validate()
         if self.preprocess.output_format == "raw" and self.export.codec != "ndarray":
             raise ConfigError("preprocess.output_format=raw needs export.codec=ndarray (raw arrays are not "
                               "JPEG/PNG), got export.codec=" + repr(self.export.codec))

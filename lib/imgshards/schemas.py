@@ -7,7 +7,8 @@ IMAGES_TABLE = "images"
 QUARANTINE_TABLE = "quarantine"
 DUPLICATES_TABLE = "duplicates"
 PROCESSED_TABLE = "processed"
-TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE)
+FORGOTTEN_TABLE = "forgotten"
+TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE, FORGOTTEN_TABLE)
 
 SPLITS = ("train", "val", "test")
 
@@ -58,6 +59,18 @@ DUPLICATES_SCHEMA = StructType(
         StructField("sha256", StringType(), False),
         StructField("duplicate_of", StringType(), False),
         StructField("detected_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+# Delta table `forgotten`: contents removed for good by the forget job (imgshards.ingest.forget), keyed on
+# sha256; ingest quarantines a file with one of them as `forgotten`.
+FORGOTTEN_SCHEMA = StructType(
+    [
+        StructField("sha256", StringType(), False),
+        StructField("path", StringType(), True),
+        StructField("reason", StringType(), False),
+        StructField("forgotten_at", TimestampType(), False),
         StructField("run_id", StringType(), False),
     ]
 )

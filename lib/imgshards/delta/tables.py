@@ -80,7 +80,7 @@ def as_table(table: TableLike) -> Table:
     return table if isinstance(table, Table) else Table(path=table)
 
 
-def _sql_name(table: Table) -> str:
+def sql_name(table: Table) -> str:
     if table.name:
         return table.name
     assert table.path is not None
@@ -103,7 +103,7 @@ def is_delta_table(spark: SparkSession, table: TableLike) -> bool:
     if found is not None:
         return bool(found[1])
     try:
-        spark.sql(f"DESCRIBE DETAIL {_sql_name(t)}").collect()
+        spark.sql(f"DESCRIBE DETAIL {sql_name(t)}").collect()
         return True
     except Exception:
         return False
@@ -148,7 +148,7 @@ def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> N
                     _ensure_schema(spark, t)
                     columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in nullable.fields)
                     location = f" LOCATION {_sql_string(t.path)}" if t.name and t.path else ""
-                    spark.sql(f"CREATE TABLE IF NOT EXISTS {_sql_name(t)} ({columns}) USING delta{location}").collect()
+                    spark.sql(f"CREATE TABLE IF NOT EXISTS {sql_name(t)} ({columns}) USING delta{location}").collect()
                 else:
                     DeltaTable.createIfNotExists(spark).location(t.path).addColumns(nullable).execute()
             except Exception as e:
@@ -190,7 +190,7 @@ def merge(spark: SparkSession, table: TableLike, source: DataFrame, condition: s
     view = f"imgshards_merge_{uuid.uuid4().hex}"
     source.createOrReplaceGlobalTempView(view)
     try:
-        rows = spark.sql(f"MERGE INTO {_sql_name(t)} AS t USING global_temp.{view} AS s ON {condition} "
+        rows = spark.sql(f"MERGE INTO {sql_name(t)} AS t USING global_temp.{view} AS s ON {condition} "
                          f"{' '.join(clauses)}").collect()
     finally:
         spark.catalog.dropGlobalTempView(view)
@@ -201,7 +201,7 @@ def history_frame(spark: SparkSession, table: TableLike, limit: int) -> DataFram
     """Delta's DESCRIBE HISTORY of the table, newest first (a Spark job and a log replay)."""
     t = as_table(table)
     if is_connect(spark) or t.name:
-        return spark.sql(f"DESCRIBE HISTORY {_sql_name(t)} LIMIT {int(limit)}")
+        return spark.sql(f"DESCRIBE HISTORY {sql_name(t)} LIMIT {int(limit)}")
     return DeltaTable.forPath(spark, t.path).history(limit)
 
 

@@ -22,12 +22,12 @@ import os
 import time
 from typing import Optional
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from imgshards.config import join_path
 from imgshards.io import storage
 from imgshards.io.filesystems import is_object_store
-from imgshards.manifest import MANIFEST_FILE, VERSION_PREFIX
+from imgshards.manifest import MANIFEST_FILE, VERSION_PREFIX, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +105,19 @@ def prune(spark: SparkSession, output: str, keep: int, own: str) -> list:
         storage.delete(spark, join_path(output, name))
         removed.append(name)
     return removed
+
+
+def versions_holding(spark: SparkSession, output: str, sha256s: DataFrame) -> list:
+    """The finished export versions under ``output`` with a sample of one of ``sha256s`` (column sha256)."""
+    holding = []
+    for name in previous_versions(spark, output):
+        text = storage.read_text(spark, join_path(output, name, MANIFEST_FILE))
+        manifest = Manifest.from_json(text, where=name) if text else None
+        if manifest is None:
+            continue
+        for split in manifest.splits.values():
+            frame = spark.read.parquet(join_path(output, name, split["path"])).select("sha256")
+            if frame.join(sha256s, "sha256", "left_semi").limit(1).count():
+                holding.append(name)
+                break
+    return holding

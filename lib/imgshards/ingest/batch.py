@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
 from imgshards.ingest.counts import IngestCounts
+from imgshards.ingest.forget import forgotten_contents
 from imgshards.ingest.labels import label_key
 from imgshards.ingest.read import INGEST_STAGE, PROBED_SCHEMA, probe_batches
 from imgshards.ingest.write import ensure_tables, quarantine_rows, write_batch
@@ -73,6 +74,13 @@ def ingest_batch(
         probed = probed.withColumn("detail", F.when(unlabeled, no_label)
                                    .otherwise(F.col("detail")))
         probed = probed.withColumn("reason", F.when(unlabeled, F.lit("unlabeled")).otherwise(F.col("reason")))
+    forgotten = forgotten_contents(spark, config)
+    if forgotten is not None:  # contents removed by the forget job are refused, never taken again
+        refused = F.col("reason").isNull() & F.col("_forgotten").isNotNull()
+        probed = (probed.join(F.broadcast(forgotten.withColumnRenamed("reason", "_forgotten")), "sha256", "left")
+                  .withColumn("detail", F.when(refused, F.concat(F.lit("forgotten: "), "_forgotten")).otherwise(F.col("detail")))
+                  .withColumn("reason", F.when(refused, F.lit("forgotten")).otherwise(F.col("reason")))
+                  .drop("_forgotten"))
     probed = probed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = IngestCounts(batches=1)

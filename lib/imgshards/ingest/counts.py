@@ -25,10 +25,13 @@ class IngestCounts:
     skipped_non_image: int = 0
     quarantine_reasons: dict = field(default_factory=dict)
     marked_deleted: int = 0
+    purged: int = 0  # images rows removed for good (ingest.missing: purge)
     batches: int = 0
     read_bytes: int = 0  # bytes of the image files read (files over max_bytes are never read)
     labels_report: dict = field(default_factory=dict)
     near_duplicates: dict = field(default_factory=dict)
+    # Rows of earlier runs retired because a file's verdict changed: table -> rows (see ingest.write).
+    superseded: dict = field(default_factory=dict)
 
     _BUCKETS = ("ingested", "updated", "unchanged", "duplicates", "quarantined", "skipped_hidden", "skipped_non_image")
 
@@ -43,9 +46,10 @@ class IngestCounts:
 
     def add(self, other: "IngestCounts") -> None:
         """Fold one micro-batch's counts into these totals (streaming)."""
-        for name in ("seen", "marked_deleted", "batches", "read_bytes") + self._BUCKETS:
+        for name in ("seen", "marked_deleted", "purged", "batches", "read_bytes") + self._BUCKETS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.quarantine_reasons = dict(sorted((Counter(self.quarantine_reasons) + Counter(other.quarantine_reasons)).items()))
+        self.superseded = dict(sorted((Counter(self.superseded) + Counter(other.superseded)).items()))
         for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates)):
             for key, value in new.items():
                 if isinstance(value, list):

@@ -26,6 +26,7 @@ from imgshards.config import PipelineConfig, join_path
 from imgshards.ingest import state as ingest_state
 from imgshards.ingest.batch import ingest_batch
 from imgshards.ingest.counts import IngestCounts
+from imgshards.ingest.forget import purge_missing
 from imgshards.ingest.labels import labels_report, read_labels_file
 from imgshards.ingest.read import listed_files, read_files
 from imgshards.ingest.rules import has_extension, is_hidden
@@ -70,8 +71,16 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     labels = read_labels_file(spark, ingest.labels).persist() if ingest.labels.source == "file" else None
     # Local files: the pass takes the listing as it is (the workers read the files); elsewhere Spark's reader.
     files = listed_files(spark, candidates) if urlparse(base).scheme == "file" else read_files(spark, input_root, config)
+    # Rows of vanished files are marked (or purged) first: a copy of an original that is gone is then classified against
+    # live rows only, and takes the original's place in this run instead of staying a duplicate.
+    marked = purged = 0
+    if ingest.missing == "mark_deleted":
+        marked = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
+    elif ingest.missing == "purge":
+        purged = purge_missing(spark, config, base, [f.path for f in listing], run_id)
     with progress.stage("ingest", images=len(candidates)):
         counts = ingest_batch(spark, config, files, base, run_id, rejected=rejected, labels=labels, listed=candidates)
+    counts.marked_deleted, counts.purged = marked, purged
     if counts.seen - len(rejected) < len(candidates):
         raise RuntimeError(f"listed {len(candidates)} image files under {input_root} but accounted for "
                            f"{counts.seen - len(rejected)}")
@@ -81,8 +90,6 @@ def run_ingest(spark: SparkSession, config: PipelineConfig, input_root: str, run
     if labels is not None:
         counts.labels_report.update(labels_report(spark, config, labels, [f.relative for f in listing]))
         labels.unpersist()
-    if ingest.missing == "mark_deleted":
-        counts.marked_deleted = mark_deleted(spark, config, base, [f.path for f in listing], run_id)
     if digest is not None:
         try:
             ingest_state.record(spark, config, base, digest, before, counts, run_id)

@@ -28,11 +28,11 @@ from imgshards.config import PipelineConfig
 from imgshards.delta import run_state
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.labels import labels_file_status
-from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, QUARANTINE_TABLE
+from imgshards.schemas import DUPLICATES_TABLE, FORGOTTEN_TABLE, IMAGES_TABLE, QUARANTINE_TABLE
 
 log = logging.getLogger(__name__)
 
-INGEST_TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE)
+INGEST_TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, FORGOTTEN_TABLE)
 # Reasons that may not hold next time although the file did not change: never skipped over.
 TRANSIENT_REASONS = ("unreadable",)
 

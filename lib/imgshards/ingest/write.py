@@ -19,6 +19,7 @@ from imgshards.ingest import near_duplicates
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.read import INGEST_STAGE, LOCAL_CONTENT_SCHEMA, local_contents
 from imgshards.ingest.rules import EXAMPLES, split_column, split_key_column
+from imgshards.ingest.state import TRANSIENT_REASONS
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
     DUPLICATES_TABLE,
@@ -57,12 +58,19 @@ def quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, ru
 BUCKETS_WRITTEN = ("ingested", "updated")
 
 
-def _classified(probed: DataFrame, table: DataFrame) -> DataFrame:
+def _classified(probed: DataFrame, table: DataFrame, quarantine: DataFrame) -> DataFrame:
     """The probed files that passed, each with its ``bucket`` (unchanged, duplicates, updated, ingested)
     against the table's rows, and ``duplicate_of`` for the duplicates: the live path that has the content
-    already, or the first path (in path order) that has it in this batch."""
+    already, or the first path (in path order) that has it in this batch. A live row whose file, in this
+    batch, holds other content or is unusable (``quarantine``, but for read failures) no longer holds its
+    content: a copy of it is not its duplicate but takes its place."""
     known = table.select("path", F.col("sha256").alias("_known_sha256"), F.col("deleted_at").isNull().alias("_known_live"))
-    known_sha = table.filter(F.col("deleted_at").isNull()).groupBy("sha256").agg(F.min("path").alias("_existing_path"))
+    live = table.filter(F.col("deleted_at").isNull())
+    changed = (probed.filter(F.col("reason").isNull()).select("path", F.col("sha256").alias("_now"))
+               .join(live.select("path", "sha256"), "path").filter(F.col("_now") != F.col("sha256")).select("path"))
+    unusable = quarantine.filter(~F.col("reason").isin(*TRANSIENT_REASONS)).select("path")
+    known_sha = (live.join(changed.union(unusable), "path", "left_anti")
+                 .groupBy("sha256").agg(F.min("path").alias("_existing_path")))
     # Unchanged rows take part in the window harmlessly: their content is live, so any other row with it
     # gets the live path first.
     first_in_batch = F.first("path").over(Window.partitionBy("sha256").orderBy("path"))
@@ -93,7 +101,7 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
     # Pinned to the version read: a write into the table makes Spark recompute the cached plans over it, and
     # the classification (which the later writes are joined to) must not change under them.
     table = tables.at_version(spark, images_table, tables.latest_version(spark, images_table))
-    classified = (_classified(probed, table)
+    classified = (_classified(probed, table, quarantine)
                   .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
                   .persist(StorageLevel.MEMORY_AND_DISK))
     try:
@@ -129,8 +137,46 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
             if counts.quarantined:
                 tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
                               QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
+            counts.superseded = _follow_the_files(spark, config, classified, quarantine)
     finally:
         classified.unpersist()
+
+
+def _follow_the_files(spark, config: PipelineConfig, classified: DataFrame, quarantine: DataFrame) -> dict:
+    """Retire the rows that this batch's verdicts supersede, so that every path is where its file is now:
+    a file that passes leaves ``quarantine`` and ``duplicates`` (a file cut short once and complete later, the
+    copy of an original that is gone); a duplicate leaves ``quarantine``; a live row in ``images`` whose file
+    now holds other content, a duplicate's or unusable, is marked deleted. A read failure (``unreadable``)
+    says nothing about the content and retires nothing. Each table is checked first and written only where
+    a row is retired; returns how many rows per table."""
+    passed = classified.filter(F.col("bucket") != "duplicates").select("path")
+    duplicate = classified.filter(F.col("bucket") == "duplicates").select("path")
+    unusable = quarantine.filter(~F.col("reason").isin(*TRANSIENT_REASONS)).select("path")
+    ingest_stage = F.col("stage") == INGEST_STAGE
+    retire = (
+        # table, the paths whose rows go, which rows, how (None: delete)
+        (QUARANTINE_TABLE, passed.union(duplicate), ingest_stage, None),
+        (DUPLICATES_TABLE, passed.union(unusable), F.lit(True), None),
+        (IMAGES_TABLE, duplicate.union(unusable), F.col("deleted_at").isNull(), {"deleted_at": "current_timestamp()"}),
+    )
+    retired = {}
+    for name, paths, which, update_set in retire:
+        table = config.table(name)
+        stale = tables.table_frame(spark, table).filter(which).select("path").join(paths.distinct(), "path").persist()
+        try:
+            n = stale.count()
+            if n:
+                matched = "t.path = s.path" + (f" AND t.stage = '{INGEST_STAGE}'" if name == QUARANTINE_TABLE else "")
+                if update_set is None:
+                    tables.merge(spark, table, stale, matched, delete_when="true")
+                else:
+                    tables.merge(spark, table, stale, matched + " AND t.deleted_at IS NULL", update_set=update_set)
+                retired[name] = n
+        finally:
+            stale.unpersist()
+    if retired:
+        log.info("rows superseded by the files' verdicts in this batch: %s", retired)
+    return retired
 
 
 def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, table: DataFrame,
@@ -194,6 +240,8 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
 def mark_deleted(spark: SparkSession, config: PipelineConfig, base: str, listed_paths: list, run_id: str) -> int:
     """Set deleted_at on live rows under ``base`` whose file is no longer listed; returns how many."""
     images_table = config.table(IMAGES_TABLE)
+    if not tables.is_delta_table(spark, images_table):
+        return 0
     listed = spark.createDataFrame([(p,) for p in listed_paths], "path string")
     gone = (
         tables.table_frame(spark, images_table)

@@ -12,7 +12,7 @@ import importlib
 
 from imgshards.jobs.contract import Job
 
-JOBS = ("ingest", "preprocess", "export", "pipeline", "report", "history", "doctor")
+JOBS = ("ingest", "preprocess", "export", "pipeline", "report", "history", "doctor", "forget")
 
 
 def get_job(name: str) -> Job:

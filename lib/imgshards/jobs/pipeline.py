@@ -73,9 +73,11 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
     report_tables = Background("report", _report_sections, spark, config) if config.report.enabled else None
     try:
         with _timed(seconds, "export"):
-            # Nothing ingested, updated or marked deleted, nothing made: the published export, if it came from
+            # Nothing ingested, updated, marked deleted or purged, nothing made: the published export, if it came from
             # this version with these settings, is what a new one would hold; it stays published.
-            unchanged = not (ingest.ingested or ingest.updated or ingest.marked_deleted or preprocess.processed)
+            unchanged = not (ingest.ingested or ingest.updated or ingest.marked_deleted or ingest.purged
+                             or ingest.superseded.get("images")
+                             or preprocess.processed)
             export = published_as_is(spark, config, preprocess.source_version) if unchanged else None
             if export is None:
                 export = run_export(spark, config, run_id, preprocess.source_version)

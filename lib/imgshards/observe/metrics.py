@@ -78,6 +78,12 @@ def build_registry(summary: dict) -> CollectorRegistry:
         for reason, n in ingest["quarantine_reasons"].items():
             quarantined.labels("ingest", reason).inc(n)
         counter("marked_deleted_images", "Images marked deleted (their file is gone)").inc(ingest["marked_deleted"])
+        counter("purged_images", "Images removed for good (their file is gone, ingest.missing: purge)").inc(
+            ingest.get("purged", 0))
+        superseded = counter("superseded_rows", "Rows of earlier runs retired because a file's verdict changed, by table",
+                             ["table"])
+        for table, n in (ingest.get("superseded") or {}).items():
+            superseded.labels(table).inc(n)
         counter("stream_batches", "Micro-batches (batch runs: 1)").inc(ingest["batches"])
         clusters = ingest.get("near_duplicates") or {}
         gauge("near_duplicate_clusters", "Near-duplicate clusters found by this run").set(clusters.get("clusters", 0))
