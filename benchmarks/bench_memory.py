@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 from PIL import Image
 
 from imgshards.config import load_config
@@ -81,22 +82,41 @@ class TreePeak:
         self._thread.join()
 
 
-def make_images(sources: list, target: str, pixels: int, jpegs: int, pngs: int) -> list:
-    """Photos of exactly ``pixels`` (or just under) pixels, 10:9 wide, each from another source photo."""
+def make_images(sources: list, target: str, pixels: int, jpegs: int, pngs: int, png16: int = 0) -> list:
+    """Photos of exactly ``pixels`` (or just under) pixels, 10:9 wide, each from another source photo:
+    ``jpegs`` JPEG q90, ``pngs`` 8-bit RGB PNG, ``png16`` 16-bit PNG (alternately 48-bit RGB and 16-bit
+    grayscale, as scanners, microscopes and medical exports write them)."""
     os.makedirs(target, exist_ok=True)
     width = int((pixels * 10 / 9) ** 0.5)
     height = pixels // width
     sizes = []
-    for i in range(jpegs + pngs):
+    for i in range(jpegs + pngs + png16):
         with Image.open(sources[i % len(sources)]) as photo:
             big = photo.convert("RGB").resize((width, height), Image.BICUBIC)
-        fmt, ext, options = ("JPEG", "jpg", {"quality": 90}) if i < jpegs else ("PNG", "png", {"compress_level": 1})
-        out = io.BytesIO()
-        big.save(out, format=fmt, **options)
+        if i < jpegs + pngs:
+            fmt, options = ("JPEG", {"quality": 90}) if i < jpegs else ("PNG", {"compress_level": 1})
+            out = io.BytesIO()
+            big.save(out, format=fmt, **options)
+            data, ext = out.getvalue(), "jpg" if i < jpegs else "png"
+        else:
+            data, ext = _png16(np.asarray(big), rgb=(i - jpegs - pngs) % 2 == 0), "png"
         with open(os.path.join(target, f"big-{i:03d}.{ext}"), "wb") as f:
-            f.write(out.getvalue())
-        sizes.append(len(out.getvalue()))
+            f.write(data)
+        sizes.append(len(data))
     return sizes
+
+
+def _png16(photo: np.ndarray, rgb: bool) -> bytes:
+    """A 16-bit PNG (48-bit RGB, or 16-bit grayscale) of an 8-bit RGB array: OpenCV writes 16 bits per
+    channel, Pillow cannot for RGB."""
+    import cv2
+
+    wide = photo.astype(np.uint16) * 257  # 0..255 -> 0..65535
+    pixels = cv2.cvtColor(wide, cv2.COLOR_RGB2BGR) if rgb else cv2.cvtColor(wide, cv2.COLOR_RGB2GRAY)
+    ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a 16-bit PNG")
+    return encoded.tobytes()
 
 
 def run_job(args: list, log: str, heap: str, timeout: float) -> tuple:
@@ -128,6 +148,8 @@ def args_parser():
                         help="image sizes to run, each also set as ingest.max_pixels (default: the default max_pixels, and 24)")
     parser.add_argument("--jpeg", type=int, default=24, help="JPEG photos per size")
     parser.add_argument("--png", type=int, default=8, help="PNG photos per size")
+    parser.add_argument("--png16", type=int, default=0,
+                        help="16-bit PNG photos per size (alternately 48-bit RGB and 16-bit grayscale)")
     parser.add_argument("--heap", default="2g", help="JVM heap (local mode: driver and executor in one JVM)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a job may take")
     return parser
@@ -141,7 +163,7 @@ def _main(argv=None) -> int:
         pixels = int(megapixels * 1e6)
         work = tempfile.mkdtemp(prefix="bench-memory-")
         try:
-            sizes = make_images(sources, os.path.join(work, "raw"), pixels, args.jpeg, args.png)
+            sizes = make_images(sources, os.path.join(work, "raw"), pixels, args.jpeg, args.png, args.png16)
             common = ["--set", f"ingest.max_pixels={pixels}", "--set", f"workdir={json.dumps(work)}",
                       "--set", "progress.interval_seconds=0"]
             warehouse, dali = os.path.join(work, "warehouse"), os.path.join(work, "warehouse-dali")
@@ -157,7 +179,7 @@ def _main(argv=None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{os.cpu_count()} cores, local[*], JVM heap {args.heap}; images of the size given, {args.jpeg} JPEG q90 "
-          f"+ {args.png} PNG each\n")
+          f"+ {args.png} PNG + {args.png16} 16-bit PNG each\n")
     print("| image size | images | largest file | job | seconds | JVM peak RSS | peak RSS per Python worker | Python workers |")
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for megapixels, count, largest, name, seconds, jvm, python, workers in rows:

@@ -36,7 +36,7 @@ run_suite() {  # stack venv pytest-args...
   IMGSHARDS_STACK="$stack" "$root/spark-submit.sh" history --warehouse ".work/test-launch-$stack" \
     >".work/test-launch-$stack.log" 2>&1 \
     || echo "[test] ./spark-submit.sh history failed (.work/test-launch-$stack.log); the tests go on" >&2
-  IMGSHARDS_STACK="$stack" "$venv/bin/python" -m pytest "$@"
+  IMGSHARDS_STACK="$stack" "$venv/bin/python" -m pytest --durations=25 "$@"
 }
 
 if [[ "$stack" != spark4 || $# -gt 0 ]]; then
