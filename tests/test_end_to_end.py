@@ -220,8 +220,8 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     changed = run_pipeline(spark, own, "changed")
     assert not changed["export"]["kept"] and changed["export"]["version_dir"].endswith("v-changed")
     assert sum(changed["export"]["rows"].values()) == sum(first["export"]["rows"].values()) + 1
-    assert run_state.load(spark, own, "report")["versions"] == {name: latest_version(spark, own.table(name).path)
-                                                                for name in names}
+    assert run_state.load(spark, own, "report")["versions"] == {
+        **{name: latest_version(spark, own.table(name).path) for name in names}, "forgotten": None}
 
 
 def test_batches_are_bounded_by_bytes_and_pixels():

@@ -7,9 +7,12 @@ says where the Delta jars are. The caller stops the session it builds.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 from typing import Optional
+
+log = logging.getLogger(__name__)
 
 
 def checkout_jars(checkout: str) -> str:
@@ -32,6 +35,24 @@ def delta_jars(jars_dir: str) -> list:
 
 
 SPARK_DEFAULTS = os.path.join(os.path.dirname(__file__), "spark-defaults.conf")
+
+
+_REFUSED_SETTINGS: set = set()  # settings this process's sessions would not take (warned once each)
+
+
+def set_or_warn(conf, key: str, value: str) -> bool:
+    """``conf.set(key, value)`` on a session's settings (``spark.conf``, or a Hadoop configuration); False
+    where the platform refuses it (Databricks serverless takes a few settings only), with one warning per
+    key: the job runs with the platform's value instead of failing."""
+    try:
+        conf.set(key, value)
+        return True
+    except Exception as e:
+        if key not in _REFUSED_SETTINGS:
+            _REFUSED_SETTINGS.add(key)
+            log.warning("this Spark session does not let a job set %s (%s): the platform's value applies",
+                        key, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        return False
 
 
 def is_connect(spark) -> bool:

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
 from imgshards.config import Table
-from imgshards.session import default_parallelism, is_connect
+from imgshards.session import default_parallelism, is_connect, set_or_warn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +67,6 @@ BROADCAST_ROWS = 1_000_000
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _CREATED_HERE: set = set()  # tables this process created (empty, at version 0), by str(Table)
 _SCHEMAS_HERE: set = set()  # schemas this process made sure of
-_REFUSED_CONF: set = set()  # Spark settings this session would not take (warned once each)
 
 # Every function takes a table as a :class:`~imgshards.config.Table` (a folder, or a name in the session's
 # catalog) or as a folder's path. On a Spark Connect session the Delta Python API needs Delta's Connect server
@@ -283,13 +282,7 @@ def temporary_conf(spark: SparkSession, key: str, value: Optional[str]) -> Itera
         yield
         return
     previous = spark.conf.get(key, None)
-    try:
-        spark.conf.set(key, value)
-    except Exception as e:
-        if key not in _REFUSED_CONF:
-            _REFUSED_CONF.add(key)
-            log.warning("this Spark session does not let a job set %s (%s): it runs with the platform's value",
-                        key, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+    if not set_or_warn(spark.conf, key, value):
         yield
         return
     try:

@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 
 from imgshards.config import PipelineConfig
 from imgshards.io.filesystems import arrow_filesystem, is_s3, s3_endpoint, s3_region
-from imgshards.session import is_connect
+from imgshards.session import is_connect, set_or_warn
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ class _SessionHadoopConf:
         return self._conf.get(key, None) or self._conf.get("spark.hadoop." + key, None)
 
     def set(self, key: str, value: str) -> None:
-        try:
-            self._conf.set(key, value)
-        except Exception as e:
-            log.warning("storage: this Spark Connect session does not take %s (%s); the platform's own "
-                        "setting applies", key, str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+        set_or_warn(self._conf, key, value)
 
 
 def _hadoop_conf(spark: SparkSession):
