@@ -61,14 +61,14 @@ def _existing(spark: SparkSession, config: PipelineConfig, name: str) -> Optiona
     return tables.table_frame(spark, table) if tables.is_delta_table(spark, table) else None
 
 
-def contents_of(spark: SparkSession, config: PipelineConfig, paths: DataFrame) -> DataFrame:
-    """The distinct sha256 (column ``sha256``) that the rows of ``paths`` (column ``path``) hold in
-    ``images``, ``duplicates`` and ``quarantine``."""
-    found = spark.createDataFrame([], "sha256 string")
+def held_at(spark: SparkSession, config: PipelineConfig, paths: DataFrame) -> DataFrame:
+    """(sha256, path): the contents that the rows of ``paths`` (column ``path``) hold in ``images``,
+    ``duplicates`` and ``quarantine``."""
+    found = spark.createDataFrame([], "sha256 string, path string")
     for name in (IMAGES_TABLE, DUPLICATES_TABLE, QUARANTINE_TABLE):
         frame = _existing(spark, config, name)
         if frame is not None:
-            found = found.union(frame.join(paths, "path", "left_semi").select("sha256"))
+            found = found.union(frame.join(paths, "path", "left_semi").select("sha256", "path"))
     return found.filter(F.col("sha256").isNotNull()).distinct()
 
 
@@ -113,19 +113,11 @@ def vacuum(spark: SparkSession, config: PipelineConfig, name: str, retention_hou
     return 0
 
 
-def _block(spark: SparkSession, config: PipelineConfig, paths: DataFrame, sha256s: DataFrame, reason: str,
-           run_id: str) -> int:
-    """Record the forgotten contents (with one of their paths, where known); returns how many are new."""
-    known = None
-    for name in (IMAGES_TABLE, DUPLICATES_TABLE, QUARANTINE_TABLE):
-        frame = _existing(spark, config, name)
-        if frame is not None:
-            rows = frame.filter(F.col("sha256").isNotNull()).join(paths, "path", "left_semi").select("sha256", "path")
-            known = rows if known is None else known.union(rows)
-    named = sha256s.join(known.groupBy("sha256").agg(F.min("path").alias("path")), "sha256", "left") \
-        if known is not None else sha256s.withColumn("path", F.lit(None).cast("string"))
-    rows = named.select("sha256", "path", F.lit(reason).alias("reason"), F.current_timestamp().alias("forgotten_at"),
-                        F.lit(run_id).alias("run_id"))
+def _block(spark: SparkSession, config: PipelineConfig, named: dict, reason: str, run_id: str) -> int:
+    """Record the forgotten contents (sha256 -> one of their paths, or None); returns how many are new."""
+    rows = spark.createDataFrame(sorted(named.items(), key=lambda item: item[0]), "sha256 string, path string").select(
+        "sha256", "path", F.lit(reason).alias("reason"), F.current_timestamp().alias("forgotten_at"),
+        F.lit(run_id).alias("run_id"))
     with tables.commit_metadata(spark, {"job": "forget", "run_id": run_id}):
         return tables.upsert(spark, config.table(FORGOTTEN_TABLE), FORGOTTEN_SCHEMA, rows, ["sha256"],
                              check_first=True, run_id=run_id)
@@ -165,10 +157,13 @@ def forget(spark: SparkSession, config: PipelineConfig, paths: Iterable[str], sh
     forgotten contents as a frame, to look for in exports."""
     path_frame = _frame(spark, "path", paths)
     # Collected: a frame computed from the tables would be computed again after each removal, and find less.
-    found = [r["sha256"] for r in contents_of(spark, config, path_frame).collect()]
-    contents = _frame(spark, "sha256", list(sha256s) + found)
-    n = len(set(sha256s) | set(found))
-    blocked = _block(spark, config, path_frame, contents, reason, run_id) if n else 0
+    named: dict = dict.fromkeys(sha256s)
+    for row in held_at(spark, config, path_frame).collect():
+        if named.get(row["sha256"]) is None or row["path"] < named[row["sha256"]]:
+            named[row["sha256"]] = row["path"]
+    contents = _frame(spark, "sha256", named)
+    n = len(named)
+    blocked = _block(spark, config, named, reason, run_id) if n else 0
     removed = remove(spark, config, path_frame, contents, run_id, {"job": "forget"})
     return {"contents": n, "newly_forgotten": blocked, "removed_rows": removed.rows,
             "vacuumed_files": removed.vacuumed_files, "content_frame": contents}

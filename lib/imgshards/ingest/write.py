@@ -68,8 +68,7 @@ def _classified(probed: DataFrame, table: DataFrame, quarantine: DataFrame) -> D
     live = table.filter(F.col("deleted_at").isNull())
     changed = (probed.filter(F.col("reason").isNull()).select("path", F.col("sha256").alias("_now"))
                .join(live.select("path", "sha256"), "path").filter(F.col("_now") != F.col("sha256")).select("path"))
-    unusable = quarantine.filter(~F.col("reason").isin(*TRANSIENT_REASONS)).select("path")
-    known_sha = (live.join(changed.union(unusable), "path", "left_anti")
+    known_sha = (live.join(changed.union(_unusable(quarantine)), "path", "left_anti")
                  .groupBy("sha256").agg(F.min("path").alias("_existing_path")))
     # Unchanged rows take part in the window harmlessly: their content is live, so any other row with it
     # gets the live path first.
@@ -142,6 +141,11 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
         classified.unpersist()
 
 
+def _unusable(quarantine: DataFrame) -> DataFrame:
+    """The paths of the batch's quarantine rows that say something about the content (not a read failure)."""
+    return quarantine.filter(~F.col("reason").isin(*TRANSIENT_REASONS)).select("path")
+
+
 def _follow_the_files(spark, config: PipelineConfig, classified: DataFrame, quarantine: DataFrame) -> dict:
     """Retire the rows that this batch's verdicts supersede, so that every path is where its file is now:
     a file that passes leaves ``quarantine`` and ``duplicates`` (a file cut short once and complete later, the
@@ -151,26 +155,23 @@ def _follow_the_files(spark, config: PipelineConfig, classified: DataFrame, quar
     a row is retired; returns how many rows per table."""
     passed = classified.filter(F.col("bucket") != "duplicates").select("path")
     duplicate = classified.filter(F.col("bucket") == "duplicates").select("path")
-    unusable = quarantine.filter(~F.col("reason").isin(*TRANSIENT_REASONS)).select("path")
-    ingest_stage = F.col("stage") == INGEST_STAGE
+    unusable = _unusable(quarantine)
     retire = (
-        # table, the paths whose rows go, which rows, how (None: delete)
-        (QUARANTINE_TABLE, passed.union(duplicate), ingest_stage, None),
-        (DUPLICATES_TABLE, passed.union(unusable), F.lit(True), None),
-        (IMAGES_TABLE, duplicate.union(unusable), F.col("deleted_at").isNull(), {"deleted_at": "current_timestamp()"}),
+        # table, the paths whose rows go, which of their rows (on the table as ``t``), how (None: delete)
+        (QUARANTINE_TABLE, passed.union(duplicate), f"t.stage = '{INGEST_STAGE}'", None),
+        (DUPLICATES_TABLE, passed.union(unusable), "true", None),
+        (IMAGES_TABLE, duplicate.union(unusable), "t.deleted_at IS NULL", {"deleted_at": "current_timestamp()"}),
     )
     retired = {}
     for name, paths, which, update_set in retire:
         table = config.table(name)
-        stale = tables.table_frame(spark, table).filter(which).select("path").join(paths.distinct(), "path").persist()
+        stale = (tables.table_frame(spark, table).alias("t").filter(F.expr(which)).select("path")
+                 .join(paths.distinct(), "path").persist())
         try:
             n = stale.count()
             if n:
-                matched = "t.path = s.path" + (f" AND t.stage = '{INGEST_STAGE}'" if name == QUARANTINE_TABLE else "")
-                if update_set is None:
-                    tables.merge(spark, table, stale, matched, delete_when="true")
-                else:
-                    tables.merge(spark, table, stale, matched + " AND t.deleted_at IS NULL", update_set=update_set)
+                tables.merge(spark, table, stale, f"t.path = s.path AND {which}",
+                             delete_when="true" if update_set is None else None, update_set=update_set)
                 retired[name] = n
         finally:
             stale.unpersist()

@@ -204,7 +204,7 @@ class ShardedImageLoader:
         row). The rank's sequence is shuffled in windows of ``shuffle_buffer`` samples, each with its own
         generator (seed, epoch, rank, window), so resuming at any position costs one window, not the epoch
         so far; memory is one window."""
-        window = self.shuffle_buffer if self.shuffle and self.shuffle_buffer > 1 else max(self.shuffle_buffer, 1)
+        window = max(self.shuffle_buffer, 1)
         runs = self._runs()
         first = start // window
         for w in itertools.count(first):
@@ -309,10 +309,15 @@ class ShardedImageLoader:
 
         fs, root = _filesystem(self.url, self.s3_endpoint)
         groups = self.split_info["row_groups"]
+        by_file: dict = {}
+        for g in {g for g, _, _ in self._runs()}:
+            by_file.setdefault(groups[g]["file"], []).append(g)
         ids: dict = {}
-        for g in sorted({g for g, _, _ in self._runs()}, key=lambda g: (groups[g]["file"], groups[g]["index"])):
-            with fs.open_input_file(f"{root.rstrip('/')}/{groups[g]['file']}") as f:
-                ids[g] = pq.ParquetFile(f).read_row_group(groups[g]["index"], columns=[ID]).column(0).to_pylist()
+        for name, touched in by_file.items():  # each file opened once
+            with fs.open_input_file(f"{root.rstrip('/')}/{name}") as f:
+                parquet = pq.ParquetFile(f)
+                for g in touched:
+                    ids[g] = parquet.read_row_group(groups[g]["index"], columns=[ID]).column(0).to_pylist()
         return [ids[g][row] for g, row in self.plan()]
 
     def _petastorm_samples(self) -> Iterator[dict]:
