@@ -25,7 +25,7 @@ case "$stack" in
   spark4)
     venv="${IMGSHARDS_VENV:-$root/.venv}"
     constraints="$root/constraints.txt"
-    extras="local,connect,gpu,train,dev,package"
+    extras="local,connect,gpu,train,mds,webdataset,dev,package"
     big_wheels=(nvidia-dali-cuda120)
     # The newest Delta release's jars served by Maven Central for Spark 4.2 (Scala 2.13). Only these two:
     # their dependency tree pins older Hadoop and Parquet than Spark 4.2 ships.

@@ -1,5 +1,5 @@
-"""Exports to one output at the same time lose nothing: two export processes (two drivers) at once; a
-version still being written is never pruned, a killed export's leftovers are once abandoned; an older
+"""Exports to one output at the same time lose nothing: two export processes (two drivers, every format) at
+once; a version still being written is never pruned, a killed export's leftovers are once abandoned; an older
 export never replaces a newer published one; the manifest is replaced with no moment without one (local
 and through Hadoop's FileContext); run ids are checked before they name anything."""
 from __future__ import annotations
@@ -22,6 +22,7 @@ from imgshards.preprocess.run import run_preprocess
 from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import make_dataloader, read_manifest
 
+from format_readers import mds_samples, parquet_samples, webdataset_samples
 from helpers import LAUNCHER, ROOT
 
 
@@ -53,6 +54,7 @@ def test_two_export_processes_at_once(warehouse, tmp_path):
         processes.append(subprocess.Popen(
             [LAUNCHER, "export", "--warehouse", warehouse.warehouse, "--output", output, "--run-id", run_id,
              "--set", "preprocess.size=32", "--set", "export.files_per_split=1", "--set", "export.keep_versions=1",
+             "--set", "export.formats=[petastorm,mds,webdataset]", "--set", "export.min_shards=2",
              "--set", f"workdir={tmp_path}"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
     for process, log in zip(processes, logs):
         assert process.wait(timeout=600) == 0, open(log.name).read()[-3000:]
@@ -60,6 +62,11 @@ def test_two_export_processes_at_once(warehouse, tmp_path):
     assert manifest["run_id"] in ("first", "second")
     assert os.path.isdir(os.path.join(output, manifest["version_dir"]))
     assert _samples(output) == sum(s["rows"] for s in manifest["splits"].values()) > 0  # reads whole
+    for split, info in manifest["splits"].items():  # and so do the other formats, by their own readers
+        expected = set(parquet_samples(info["url"]))
+        mds, wds = (info["formats"][f]["url"][len("file://"):] for f in ("mds", "webdataset"))
+        assert set(mds_samples(local=mds)) == expected, split
+        assert set(webdataset_samples(f"{wds}/{info['formats']['webdataset']['pattern']}")) == expected, split
     assert not [n for n in os.listdir(output) if n.endswith(".tmp")]
 
 

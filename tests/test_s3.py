@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import make_dataloader, read_manifest
 
+from format_readers import mds_samples, parquet_samples, webdataset_samples
 from helpers import (
     TEST_AWS_CREDENTIALS,
     free_port,
@@ -77,8 +79,8 @@ def copy_tree(source_fs, source: str, destination_fs, destination: str) -> int:
     return count
 
 
-def s3_config(endpoint: str, **paths):
-    config = load_config(overrides=["preprocess.size=32", f"storage.s3.endpoint={endpoint}"])
+def s3_config(endpoint: str, *overrides: str, **paths):
+    config = load_config(overrides=["preprocess.size=32", f"storage.s3.endpoint={endpoint}", *overrides])
     return dataclasses.replace(config, **paths)
 
 
@@ -92,7 +94,8 @@ def s3_pipeline(spark, s3, s3_endpoint, raw_in_s3, tmp_path_factory):
     _, bucket = s3
     bucket("lake")
     raw, manifest = raw_in_s3
-    config = s3_config(s3_endpoint, input=raw, warehouse="s3a://lake/delta", output="s3a://lake/shards",
+    config = s3_config(s3_endpoint, "export.formats=[petastorm,mds,webdataset]", "export.min_shards=3",
+                       input=raw, warehouse="s3a://lake/delta", output="s3a://lake/shards",
                        workdir=str(tmp_path_factory.mktemp("work")))
     prepare_storage(spark, config, get_job("pipeline").locations)
     summary = run_pipeline(spark, config, "s3-run")
@@ -215,6 +218,28 @@ def test_training_reads_a_split_from_s3_with_ddp_coverage_and_resume(s3_pipeline
     rest_loader.load_state_dict(state)
     rest = [i for batch in rest_loader for i in batch["sample_id"]]
     assert sorted(first + rest) == sorted(whole) and not set(first) & set(rest)
+
+
+def test_mds_and_webdataset_shards_on_s3_read_as_the_petastorm_split(s3_pipeline, s3_endpoint, tmp_path,
+                                                                    monkeypatch):
+    """StreamingDataset streams the MDS shards from s3:// (its S3 client takes the endpoint from
+    S3_ENDPOINT_URL) and WebDataset reads the tar shards through a ``pipe:`` command, as trainers do; each
+    yields the Petastorm split's samples, byte for byte."""
+    config, _, _ = s3_pipeline
+    monkeypatch.setenv("S3_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # boto3 in the pipe: command
+    fetch = ("pipe:" + sys.executable + " -c 'import sys, boto3; bucket, key = sys.argv[1][5:].split(\"/\", 1); "
+             "boto3.client(\"s3\").download_fileobj(bucket, key, sys.stdout.buffer)'")
+    manifest = read_manifest(config.output, s3_endpoint)
+    for split, info in manifest["splits"].items():
+        expected = parquet_samples(info["url"], s3_filesystem(s3_endpoint))
+        assert len(expected) == info["rows"] > 0, split
+        mds, wds = info["formats"]["mds"], info["formats"]["webdataset"]
+        assert mds["url"].startswith("s3a://")
+        remote = "s3://" + mds["url"][len("s3a://"):]
+        assert mds_samples(local=str(tmp_path / split), remote=remote) == expected, split
+        pattern = f"s3://{wds['url'][len('s3a://'):]}/{wds['pattern']}"
+        assert webdataset_samples(f"{fetch} {pattern}") == expected, split
 
 
 def test_a_moved_copy_of_an_export_reads_the_same(s3_pipeline, s3, s3_endpoint, tmp_path):

@@ -237,6 +237,9 @@ class PreprocessConfig:
 
 
 EXPORT_CODECS = ("compressed", "ndarray")
+EXPORT_FORMATS = ("petastorm", "mds", "webdataset")
+# MDS's compression names, with the levels it accepts (gzip is the standard library's; zstd needs zstandard)
+MDS_COMPRESSIONS = {"gz": range(0, 10), "zstd": range(1, 23)}
 
 
 @dataclass(frozen=True)
@@ -246,8 +249,23 @@ class ExportConfig:
     codec: str = "compressed"
     shuffle_seed: int = 0
     keep_versions: int = 2
+    # petastorm is always written: the project's loader, the report and forget read it
+    formats: tuple = ("petastorm",)
+    shard_size_mb: int = 64
+    min_shards: int = 64
+    mds_compression: Optional[str] = None
 
     def validate(self) -> None:
+        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
+        if unknown or "petastorm" not in self.formats or len(set(self.formats)) != len(self.formats):
+            raise ConfigError(f"export.formats must list petastorm (the project's loader, the report and forget read "
+                              f"it) and any of mds, webdataset, each once; got {list(self.formats)!r}")
+        if not 1 <= self.shard_size_mb <= 1024:
+            raise ConfigError(f"export.shard_size_mb must be in 1..1024 (an MDS shard is under 4 GiB), "
+                              f"got {self.shard_size_mb!r}")
+        if self.min_shards < 1:
+            raise ConfigError(f"export.min_shards must be >= 1, got {self.min_shards!r}")
+        _check_mds_compression(self.mds_compression)
         if not 1 <= self.row_group_size_mb <= 1024:
             raise ConfigError(f"export.row_group_size_mb must be in 1..1024, got {self.row_group_size_mb!r}")
         if self.files_per_split < 1:
@@ -256,6 +274,25 @@ class ExportConfig:
             raise ConfigError(f"export.codec must be one of {list(EXPORT_CODECS)}, got {self.codec!r}")
         if self.keep_versions < 1:
             raise ConfigError(f"export.keep_versions must be >= 1, got {self.keep_versions!r}")
+
+
+def _check_mds_compression(setting: Optional[str]) -> None:
+    if setting is None:
+        return
+    name, _, level = str(setting).partition(":")
+    if name not in MDS_COMPRESSIONS:
+        raise ConfigError(f"export.mds_compression must be null or one of {sorted(MDS_COMPRESSIONS)} "
+                          f"(optionally name:level), got {setting!r}")
+    levels = MDS_COMPRESSIONS[name]
+    if level and (not level.isdigit() or int(level) not in levels):
+        raise ConfigError(f"export.mds_compression: {name} levels are {levels.start}..{levels.stop - 1}, "
+                          f"got {setting!r}")
+    if name == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise ConfigError("export.mds_compression=zstd needs the zstandard package (pip install zstandard), "
+                              "on the executors too") from None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ class ManifestError(ValueError):
 @dataclasses.dataclass
 class Manifest:
     """One exported version. ``splits`` maps a split name to {path, rows, per_class, augmented, bytes,
-    row_groups}; ``image`` holds height, width, channels, format and codec; ``source`` the images table and
+    row_groups, formats}; ``image`` holds height, width, channels, format and codec; ``source`` the images table and
     the Delta version read."""
 
     classes: list
@@ -48,6 +48,9 @@ class Manifest:
     config: dict = dataclasses.field(default_factory=dict)
     schema: dict = dataclasses.field(default_factory=dict)
     normalization: Optional[dict] = None
+    # The formats of every split: petastorm (the split's own path and row groups), and those of
+    # export.formats (each split's "formats" maps the format to its path, index file, shards and bytes).
+    formats: list = dataclasses.field(default_factory=lambda: ["petastorm"])
     manifest_format: int = MANIFEST_FORMAT
 
     @property
@@ -62,8 +65,7 @@ class Manifest:
         """The manifest as written into ``folder`` (relative to the export root, "" for the root): each
         split's path made relative to it."""
         data = self.to_dict()
-        data["splits"] = {name: {**info, "path": posixpath.relpath(info["path"], folder or ".")}
-                          for name, info in self.splits.items()}
+        data["splits"] = {name: _relative(info, folder) for name, info in self.splits.items()}
         return json.dumps(data, indent=2, default=list)
 
     @classmethod
@@ -91,6 +93,15 @@ class Manifest:
         except ValueError as e:
             raise ManifestError(f"{where}: not JSON ({e})") from e
         return cls.from_dict(data, where)
+
+
+def _relative(split: dict, folder: str) -> dict:
+    """A split's entry with its paths (its own and each format's) relative to ``folder``."""
+    relative = {**split, "path": posixpath.relpath(split["path"], folder or ".")}
+    if split.get("formats"):
+        relative["formats"] = {name: {**entry, "path": posixpath.relpath(entry["path"], folder or ".")}
+                               for name, entry in split["formats"].items()}
+    return relative
 
 
 def classes_json(classes: list) -> str:

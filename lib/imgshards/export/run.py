@@ -1,4 +1,5 @@
-"""Export: Delta ``processed`` -> one Petastorm dataset per split, plus classes.json and manifest.json.
+"""Export: Delta ``processed`` -> one Petastorm dataset per split (and the MDS and WebDataset shards of
+``export.formats``, :mod:`.shards`), plus classes.json and manifest.json.
 
 Each export is written into a new version folder ``<output>/v-<run_id>/`` and published by atomically
 replacing ``<output>/manifest.json``, which names that folder: a reader never sees a half-written dataset,
@@ -26,6 +27,7 @@ from imgshards.config import ConfigError, PipelineConfig, join_path
 from imgshards.delta import tables
 from imgshards.export.petastorm import dataset_url, decode_to_npy, write_dataset
 from imgshards.export.publish import prune, publish_manifest
+from imgshards.export.shards import SHARD_FORMATS, image_bytes_estimate, write_shards
 from imgshards.export.stats import normalization_stats
 from imgshards.export.unischema import export_schema_summary, export_unischema_pickle
 from imgshards.io import storage
@@ -48,7 +50,7 @@ class ExportResult:
     counts: dict = field(default_factory=dict)  # split -> class name -> rows
     rows: dict = field(default_factory=dict)  # split -> rows
     read_bytes: int = 0  # encoded images read from processed
-    written_bytes: int = 0  # Parquet files written, all splits
+    written_bytes: int = 0  # files written, all splits and formats
     kept: bool = False  # the published version already held these samples; nothing was written (pipeline)
     published: bool = True  # False: a newer export was published meanwhile, and this one left unpublished
 
@@ -81,6 +83,7 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
     try:
         counts: dict = {split: {} for split in SPLITS}
         augmented: dict = {split: 0 for split in SPLITS}
+        split_bytes: dict = {split: 0 for split in SPLITS}
         read_bytes = written_bytes = 0
         # One aggregation: the rows per split and class, the augmented copies, the bytes, the classes.
         outcomes = samples.groupBy("split", "label", (F.col("copy") > 0).alias("augmented")).agg(
@@ -88,6 +91,7 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
         classes = sorted({row["label"] for row in outcomes if row["label"] is not None})
         for row in outcomes:
             read_bytes += row["bytes"] or 0
+            split_bytes[row["split"]] += row["bytes"] or 0
             per_class, name = counts[row["split"]], row["label"] or ""
             per_class[name] = per_class.get(name, 0) + row["count"]
             augmented[row["split"]] += row["count"] if row["augmented"] else 0
@@ -103,6 +107,9 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
         statistics = Background("export", normalization_stats, samples.filter(F.col("split") == "train"))
 
         export = config.export
+        image = {"height": config.preprocess.size, "width": config.preprocess.size, "channels": 3,
+                 "format": config.preprocess.output_format, "codec": export.codec}
+        shard_formats = tuple(f for f in export.formats if f in SHARD_FORMATS)
         unischema = export_unischema_pickle(config.preprocess.size, config.preprocess.output_format, export.codec)
         output = config.output
         version_name = VERSION_PREFIX + run_id
@@ -114,11 +121,18 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
             if export.codec == "ndarray" and config.preprocess.output_format != "raw":
                 rows = rows.mapInPandas(decode_to_npy, rows.schema)
             # Shuffled before writing, so every row group mixes classes.
-            rows = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
-            groups, split_bytes = write_dataset(spark, rows, url, unischema, export.row_group_size_mb)
-            written_bytes += split_bytes
-            splits[split] = {"path": f"{version_name}/{split}", "rows": sum(counts[split].values()), "per_class": counts[split],
-                             "augmented": augmented[split], "bytes": split_bytes, "row_groups": groups}
+            shuffled = rows.repartition(export.files_per_split).sortWithinPartitions(F.rand(export.shuffle_seed))
+            groups, parquet_bytes = write_dataset(spark, shuffled, url, unischema, export.row_group_size_mb)
+            written_bytes += parquet_bytes
+            expected = sum(counts[split].values())
+            splits[split] = {"path": f"{version_name}/{split}", "rows": expected, "per_class": counts[split],
+                             "augmented": augmented[split], "bytes": parquet_bytes, "row_groups": groups}
+            if shard_formats:
+                formats = write_shards(spark, rows, version_dir, version_name, split, formats=shard_formats,
+                                       export=export, image=image, expected_rows=expected,
+                                       estimated_bytes=image_bytes_estimate(expected, split_bytes[split], image))
+                written_bytes += sum(entry["bytes"] for entry in formats.values())
+                splits[split]["formats"] = formats
             if sum(g["rows"] for g in groups) != splits[split]["rows"]:
                 raise RuntimeError(f"{url}: row groups hold {sum(g['rows'] for g in groups)} rows, "
                                    f"expected {splits[split]['rows']}")
@@ -135,8 +149,8 @@ def _export(spark: SparkSession, config: PipelineConfig, run_id: str, as_of_vers
         source={"table": str(config.table(IMAGES_TABLE)), "version": version},
         classes=classes,
         splits=splits,
-        image={"height": config.preprocess.size, "width": config.preprocess.size, "channels": 3,
-               "format": config.preprocess.output_format, "codec": export.codec},
+        image=image,
+        formats=list(export.formats),
         config_fingerprint=fingerprint,
         augment_fingerprint=config.augment_fingerprint() if config.preprocess.augment.enabled else None,
         processed_table=str(config.table(PROCESSED_TABLE)),

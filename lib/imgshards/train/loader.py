@@ -86,10 +86,10 @@ def _as_url(location: str) -> str:
 
 def read_manifest(url: str, s3_endpoint: Optional[str] = None) -> dict:
     """The manifest of an export as JSON data: ``url`` is the export root (or one version folder), local or
-    remote. Each split's ``url`` is resolved against where the manifest was read from (its files are named
-    relative to it), so a copy of an export reads from where the copy is; manifests from before that carry
-    absolute URLs and are read as they are. :class:`~imgshards.manifest.ManifestError` for one this version
-    cannot read."""
+    remote. Each split's ``url`` (and each of its formats' ``url``) is resolved against where the manifest was
+    read from (its files are named relative to it), so a copy of an export reads from where the copy is;
+    manifests from before that carry absolute URLs and are read as they are.
+    :class:`~imgshards.manifest.ManifestError` for one this version cannot read."""
     fs, path = _filesystem(url, s3_endpoint)
     location = path.rstrip("/") + "/" + MANIFEST_FILE
     with fs.open_input_stream(location) as f:
@@ -97,6 +97,8 @@ def read_manifest(url: str, s3_endpoint: Optional[str] = None) -> dict:
     for info in manifest["splits"].values():
         if "path" in info:
             info["url"] = f"{_as_url(url)}/{info['path']}"
+        for entry in (info.get("formats") or {}).values():
+            entry["url"] = f"{_as_url(url)}/{entry['path']}"
     return manifest
 
 
