@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -62,4 +63,24 @@ def wids_samples(index: str, cache_dir: str) -> dict:
         plain = {key.lstrip("."): (value.read() if hasattr(value, "read") else value) for key, value in sample.items()}
         key, value = _from_webdataset(plain)
         found[key] = value
+    return found
+
+
+def local_path(url: str) -> str:
+    """The path of a manifest's file:// URL."""
+    assert url.startswith("file://"), url
+    return url[len("file://"):]
+
+
+def every_format(split: dict, cache: str) -> dict:
+    """{reader: samples} of one split of a local export (its entry in ``read_manifest``), by every reader of
+    each format it holds; ``cache`` is a folder for the readers' caches."""
+    found = {"petastorm": parquet_samples(local_path(split["url"]))}
+    formats = split.get("formats", {})
+    if "mds" in formats:  # the export as the remote: StreamingDataset decompresses shards into its local folder
+        found["mds"] = mds_samples(local=os.path.join(cache, "mds"), remote=local_path(formats["mds"]["url"]))
+    if "webdataset" in formats:
+        folder = local_path(formats["webdataset"]["url"])
+        found["webdataset"] = webdataset_samples(f"{folder}/{formats['webdataset']['pattern']}")
+        found["wids"] = wids_samples(os.path.join(folder, formats["webdataset"]["index"]), os.path.join(cache, "wids"))
     return found

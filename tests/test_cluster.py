@@ -9,6 +9,7 @@ in cluster deploy mode, and its tables equal those of a local[*] run on the same
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -19,9 +20,12 @@ import subprocess
 import pytest
 
 from imgshards.config import load_config
+from imgshards.export.shards import ATTEMPT
 from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
+from imgshards.train.loader import read_manifest
 
+from format_readers import every_format
 from helpers import LAUNCHER, ROOT, free_port, standalone_cluster
 
 PACKAGE = os.path.join(ROOT, "scripts", "package.sh")
@@ -198,7 +202,8 @@ def test_pipeline_on_the_cluster_equals_a_local_run(spark, cluster, cluster_inpu
     master, cluster_dir = cluster
     work = tmp_path / deploy_mode
     args = ["pipeline", "--input", cluster_input, "--warehouse", str(work / "warehouse"), "--output", str(work / "shards"),
-            "--set", f"workdir={work}", "--set", "preprocess.size=64"]
+            "--set", f"workdir={work}", "--set", "preprocess.size=64",
+            "--set", "export.formats=[petastorm,mds,webdataset]", "--set", "export.min_shards=8"]
     if deploy_mode == "killed-executors":
         _, killed = launch_killing_executors(master, cluster_dir, *args)
         assert killed == ["ingest", "preprocess", "export"], killed
@@ -212,3 +217,9 @@ def test_pipeline_on_the_cluster_equals_a_local_run(spark, cluster, cluster_inpu
     assert digest["counts"] == local_digest["counts"]
     assert digest["images"] == local_digest["images"]
     assert digest["processed"] == local_digest["processed"]
+    # Every format whole, whichever of its tasks an executor was lost in, and no attempt's leftovers.
+    for split, info in read_manifest(str(work / "shards"))["splits"].items():
+        readers = every_format(info, str(tmp_path / "cache" / split))
+        expected = readers.pop("petastorm")
+        assert len(expected) == info["rows"] and all(r == expected for r in readers.values()), split
+    assert not glob.glob(str(work / "shards" / "**" / f"*{ATTEMPT}*"), recursive=True)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import hashlib
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from imgshards.config import ConfigError, load_config
+from imgshards.export import mds
 from imgshards.export.run import run_export
 from imgshards.ingest.run import run_ingest
 from imgshards.preprocess.run import run_preprocess
@@ -22,7 +25,7 @@ from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import read_manifest
 from imgshards.train.untrusted import image_decoder
 
-from format_readers import mds_samples, parquet_samples, webdataset_samples, wids_samples
+from format_readers import every_format, local_path, mds_samples, parquet_samples
 from helpers import ROOT, free_port, loader_samples
 
 ALL_FORMATS = "export.formats=[petastorm,mds,webdataset]"
@@ -57,43 +60,24 @@ def compressed(spark, tables):
     return export(spark, tables, "compressed")
 
 
-def local(url: str) -> str:
-    """The path of a file:// URL of the manifest."""
-    assert url.startswith("file://"), url
-    return url[len("file://"):]
-
-
-def read_every_format(output: str, cache) -> dict:
-    """{split: {reader: samples}} of every split of the export at ``output``, by each reader of its formats."""
-    manifest = read_manifest(output)
-    found = {}
-    for split, info in manifest["splits"].items():
-        formats = info["formats"]
-        mds_folder, wds_folder = local(formats["mds"]["url"]), local(formats["webdataset"]["url"])
-        found[split] = {
-            "parquet": parquet_samples(local(info["url"])),
-            # the export as the remote: StreamingDataset decompresses shards into its local folder
-            "mds": mds_samples(local=str(cache / "mds" / split), remote=mds_folder),
-            "webdataset": webdataset_samples(f"{wds_folder}/{formats['webdataset']['pattern']}"),
-            "wids": wids_samples(os.path.join(wds_folder, formats["webdataset"]["index"]), str(cache / split)),
-        }
-    return found
-
-
 def check_formats_agree(output: str, cache) -> dict:
     manifest = read_manifest(output)
     assert manifest["formats"] == ["petastorm", "mds", "webdataset"]
-    for split, readers in read_every_format(output, cache).items():
-        info = manifest["splits"][split]
-        parquet = readers.pop("parquet")
+    for split, info in manifest["splits"].items():
+        readers = every_format(info, str(cache / split))
+        parquet = readers.pop("petastorm")
         assert len(parquet) == info["rows"] > 0, split
+        assert sorted(readers) == ["mds", "webdataset", "wids"]
         for reader, samples in readers.items():
             assert samples == parquet, (split, reader)
         for fmt, entry in info["formats"].items():
             # at least min_shards shards (one per sample below that), every file counted in the manifest
             assert entry["shards"] == max(min(MIN_SHARDS, info["rows"]), 1), (split, fmt, entry)
-            files = glob.glob(os.path.join(local(entry["url"]), "*.mds*" if fmt == "mds" else "*.tar"))
+            folder = local_path(entry["url"])
+            files = glob.glob(os.path.join(folder, "*.mds*" if fmt == "mds" else "*.tar"))
+            assert sorted(entry["files"]) == sorted(map(os.path.basename, files)), (split, fmt)
             assert len(files) == entry["shards"] and sum(map(os.path.getsize, files)) == entry["bytes"], (split, fmt)
+            assert entry["samples"] == info["rows"], (split, fmt)
     return manifest
 
 
@@ -112,7 +96,7 @@ def test_the_projects_loader_reads_what_the_shards_hold(compressed):
     decode = image_decoder(manifest["image"])
     loaded = loader_samples(compressed)
     for split, info in manifest["splits"].items():
-        shards = mds_samples(local=local(info["formats"]["mds"]["url"]))
+        shards = mds_samples(local=local_path(info["formats"]["mds"]["url"]))
         expected = {sample_id: {"label": label, "label_name": name, "sha256": sha256,
                                 "pixels": hashlib.sha256(decode(image).tobytes()).hexdigest(), "shape": [32, 32, 3]}
                     for sample_id, (label, name, sha256, image) in shards.items()}
@@ -125,15 +109,15 @@ def test_arrays_with_zstd_compression_read_the_same(spark, tables, tmp_path):
     manifest = check_formats_agree(output, tmp_path)
     train = manifest["splits"]["train"]["formats"]
     assert train["mds"]["compression"] == "zstd:5"
-    assert os.path.exists(os.path.join(local(train["mds"]["url"]), "shard.00000.mds.zstd"))
-    assert os.path.exists(os.path.join(local(train["webdataset"]["url"]), "train-000000.tar"))
+    assert os.path.exists(os.path.join(local_path(train["mds"]["url"]), "shard.00000.mds.zstd"))
+    assert os.path.exists(os.path.join(local_path(train["webdataset"]["url"]), "train-000000.tar"))
 
 
 def test_streaming_ddp_over_two_ranks_with_a_mid_epoch_resume(compressed, tmp_path):
     """Two ranks (torch.distributed, gloo) read the train split with StreamingDataset's own partitioning;
     a stop after two batches and a resume from the loader's state_dict read every sample of the epoch."""
     manifest = read_manifest(compressed)
-    folder = local(manifest["splits"]["train"]["formats"]["mds"]["url"])
+    folder = local_path(manifest["splits"]["train"]["formats"]["mds"]["url"])
     env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
     for phase in ("first", "resume"):
         env["MASTER_PORT"] = str(free_port())
@@ -154,9 +138,34 @@ def test_streaming_ddp_over_two_ranks_with_a_mid_epoch_resume(compressed, tmp_pa
     assert all(len(ids) == 4 for ids in first)  # two batches of two on each rank
     assert set(first[0]).isdisjoint(first[1])  # each rank its own samples
     every = [i for ids in first + resumed for i in ids]
-    assert set(every) == set(parquet_samples(local(manifest["splits"]["train"]["url"])))
+    assert set(every) == set(parquet_samples(local_path(manifest["splits"]["train"]["url"])))
     # StreamingDataset pads the epoch to a multiple of ranks x batch with repeated samples, and no more
     assert rows <= len(every) < rows + 2 * 2
+
+
+@pytest.mark.parametrize("shape, compression", [(None, None), (None, "zstd:5"), (None, "gz"), ((4, 3, 3), None)])
+def test_mds_shards_are_what_mdswriter_writes(shape, compression, tmp_path):
+    """The job's own MDS encoder against streaming.MDSWriter on the same samples: the same index and the same
+    shard bytes (gzip's header carries the time, so its shards are compared decompressed)."""
+    from streaming import MDSWriter
+
+    rng = np.random.default_rng(5)
+    columns = mds.columns(shape)
+    samples = [{"image": rng.integers(0, 256, shape, dtype=np.uint8) if shape else rng.bytes(int(rng.integers(0, 900))),
+                "label": int(rng.integers(-1, 5)), "label_name": ["", "ants", "bées", "x" * 300][i % 4],
+                "sample_id": f"{i:064x}", "sha256": f"{i * 7:064x}"} for i in range(40)]
+    with MDSWriter(out=str(tmp_path), columns=columns, compression=compression, size_limit=1 << 20) as writer:
+        for sample in samples:
+            writer.write(sample)
+    encoder = mds.ShardEncoder(columns, 1 << 20, compression)
+    for sample in samples:
+        encoder.add(sample)
+    data, entry = encoder.finish("shard.00000.mds")
+    assert json.loads(mds.index_json([entry])) == json.loads((tmp_path / mds.INDEX_FILE).read_text())
+    theirs = (tmp_path / mds.shard_file(entry)).read_bytes()
+    if compression == "gz":
+        data, theirs = gzip.decompress(data), gzip.decompress(theirs)
+    assert data == theirs
 
 
 @pytest.mark.parametrize("setting, named", [

@@ -18,6 +18,7 @@ import time
 from typing import Iterator
 
 import pandas as pd
+from pyarrow.fs import FileSelector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SHARD_FORMATS = ("mds", "webdataset")
 FOLDERS = {"mds": "mds", "webdataset": "webdataset"}  # format -> folder in the version folder (then the split)
+ATTEMPT = ".attempt-"  # a task writes its shard as <name>.attempt-<stage>-<attempt>, then renames it
 _RESULT = "shard int, samples long, mds string, mds_bytes long, wds_bytes long"
 
 
@@ -43,7 +45,8 @@ def shard_count(rows: int, estimated_bytes: int, export: ExportConfig) -> int:
 def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version_name: str, split: str, *,
                  formats: tuple, export: ExportConfig, image: dict, expected_rows: int, estimated_bytes: int) -> dict:
     """Write ``rows`` (the split's export columns) as the shards of ``formats`` (of SHARD_FORMATS) under
-    ``version_dir``; returns each format's manifest entry (path relative to the export root, shards, bytes)."""
+    ``version_dir``; returns each format's manifest entry (path relative to the export root, index file,
+    samples, shards, their file names, bytes)."""
     count = shard_count(expected_rows, estimated_bytes, export)
     folders = {fmt: join_path(version_dir, FOLDERS[fmt], split) for fmt in formats}
     shape = (image["height"], image["width"], image["channels"]) if image["codec"] == "ndarray" else None
@@ -62,6 +65,8 @@ def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version
     if sum(r["samples"] for r in written) != expected_rows:
         raise RuntimeError(f"{split}: the shards hold {sum(r['samples'] for r in written)} samples, "
                            f"expected {expected_rows}")
+    if not target["atomic_put"]:
+        _remove_attempts(spark, folders.values())
     numbers = _renumber(spark, target, [r["shard"] for r in written])
     entries: dict = {}
     if "mds" in formats:
@@ -70,15 +75,16 @@ def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version
             shards.append(_renamed_mds_entry(json.loads(row["mds"]), number))
         storage.write_text(spark, join_path(folders["mds"], mds.INDEX_FILE), mds.index_json(shards))
         entries["mds"] = {"path": f"{version_name}/{FOLDERS['mds']}/{split}", "index": mds.INDEX_FILE,
-                          "shards": len(shards), "bytes": sum(r["mds_bytes"] for r in written),
-                          "compression": export.mds_compression}
+                          "samples": expected_rows, "shards": len(shards), "files": [mds.shard_file(e) for e in shards],
+                          "bytes": sum(r["mds_bytes"] for r in written), "compression": export.mds_compression}
     if "webdataset" in formats:
         shardlist = [{"url": webdataset.shard_name(split, n), "nsamples": row["samples"], "filesize": row["wds_bytes"]}
                      for row, n in zip(written, numbers)]
         storage.write_text(spark, join_path(folders["webdataset"], webdataset.INDEX_FILE),
                            webdataset.index_json(split, shardlist))
         entries["webdataset"] = {"path": f"{version_name}/{FOLDERS['webdataset']}/{split}",
-                                 "index": webdataset.INDEX_FILE, "shards": len(shardlist),
+                                 "index": webdataset.INDEX_FILE, "samples": expected_rows, "shards": len(shardlist),
+                                 "files": [shard["url"] for shard in shardlist],
                                  "pattern": webdataset.brace_pattern(split, len(shardlist)) if shardlist else None,
                                  "bytes": sum(r["wds_bytes"] for r in written)}
     log.info("%s: %d shards of %s", split, len(written), ", ".join(formats))
@@ -101,7 +107,7 @@ def _shard_writer(target: dict):
         if not target["atomic_put"]:
             for root in roots.values():
                 fs.create_dir(root, recursive=True)
-        suffix = "" if target["atomic_put"] else f".attempt-{context.stageId()}-{context.attemptNumber()}"
+        suffix = "" if target["atomic_put"] else f"{ATTEMPT}{context.stageId()}-{context.attemptNumber()}"
         encoder = (mds.ShardEncoder(target["columns"], target["size_limit"], target["compression"])
                    if "mds" in folders else None)
         tar_path = tar_stream = tar = None
@@ -150,6 +156,16 @@ def _shard_writer(target: dict):
                              "mds_bytes": mds_bytes, "wds_bytes": wds_bytes}])
 
     return write
+
+
+def _remove_attempts(spark: SparkSession, folders) -> None:
+    """Delete what task attempts that did not finish (an executor lost mid-shard) left under their own names."""
+    for folder in folders:
+        fs, root = storage.arrow_fs(spark, folder)
+        for info in fs.get_file_info(FileSelector(root, allow_not_found=True)):
+            if ATTEMPT in info.base_name:
+                log.info("removing %s, left by a task attempt that did not finish", info.path)
+                fs.delete_file(info.path)
 
 
 def _renumber(spark: SparkSession, target: dict, numbers: list) -> list:
