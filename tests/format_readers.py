@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -84,3 +86,37 @@ def every_format(split: dict, cache: str) -> dict:
         found["webdataset"] = webdataset_samples(f"{folder}/{formats['webdataset']['pattern']}")
         found["wids"] = wids_samples(os.path.join(folder, formats["webdataset"]["index"]), os.path.join(cache, "wids"))
     return found
+
+
+def mds_ddp_epoch(remote, local: str, out: str, batches: int, env: dict = None) -> tuple:
+    """tests/mds_ddp.py as two gloo ranks (processes, as torchrun starts them) over the MDS split ``remote``
+    (None: ``local`` holds it) with the cache ``local``: ``batches`` batches of two per rank, the loader's state
+    saved, then a resume to the end of the epoch. Returns (first, resumed): each rank's sample ids per phase."""
+    from helpers import free_port
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mds_ddp.py")
+    base = {**os.environ, **(env or {}), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    for phase in ("first", "resume"):
+        base["MASTER_PORT"] = str(free_port())
+        ranks = [subprocess.Popen([sys.executable, script, phase, remote or "-", local, out, str(batches)],
+                                  env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+        for rank in ranks:
+            output, _ = rank.communicate(timeout=300)
+            assert rank.returncode == 0, output[-3000:]
+
+    def seen(phase: str, rank: int) -> list:
+        with open(os.path.join(out, f"{phase}-{rank}.json")) as f:
+            return json.load(f)
+
+    return [seen("first", r) for r in (0, 1)], [seen("resume", r) for r in (0, 1)]
+
+
+def assert_one_epoch(first: list, resumed: list, ids: set, batches: int) -> None:
+    """Two ranks read ``batches`` batches of two each, each its own samples, and with the resume every sample
+    of ``ids``, repeating none but StreamingDataset's padding (up to ranks x batch - 1 samples)."""
+    assert all(len(rank) == 2 * batches for rank in first), first
+    assert set(first[0]).isdisjoint(first[1])
+    every = [i for rank in first + resumed for i in rank]
+    assert set(every) == ids
+    assert len(ids) <= len(every) < len(ids) + 2 * 2

@@ -25,8 +25,8 @@ from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import read_manifest
 from imgshards.train.untrusted import image_decoder
 
-from format_readers import every_format, local_path, mds_samples, parquet_samples
-from helpers import ROOT, free_port, loader_samples
+from format_readers import assert_one_epoch, every_format, local_path, mds_ddp_epoch, mds_samples, parquet_samples
+from helpers import ROOT, loader_samples
 
 ALL_FORMATS = "export.formats=[petastorm,mds,webdataset]"
 MIN_SHARDS = 4
@@ -116,31 +116,9 @@ def test_arrays_with_zstd_compression_read_the_same(spark, tables, tmp_path):
 def test_streaming_ddp_over_two_ranks_with_a_mid_epoch_resume(compressed, tmp_path):
     """Two ranks (torch.distributed, gloo) read the train split with StreamingDataset's own partitioning;
     a stop after two batches and a resume from the loader's state_dict read every sample of the epoch."""
-    manifest = read_manifest(compressed)
-    folder = local_path(manifest["splits"]["train"]["formats"]["mds"]["url"])
-    env = {**os.environ, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
-    for phase in ("first", "resume"):
-        env["MASTER_PORT"] = str(free_port())
-        ranks = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "mds_ddp.py"), phase, "-", folder,
-                                   str(tmp_path), "2"], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-        for rank in ranks:
-            out, _ = rank.communicate(timeout=300)
-            assert rank.returncode == 0, out[-3000:]
-
-    def seen(phase: str, rank: int) -> list:
-        with open(tmp_path / f"{phase}-{rank}.json") as f:
-            return json.load(f)
-
-    rows = manifest["splits"]["train"]["rows"]
-    first = [seen("first", r) for r in (0, 1)]
-    resumed = [seen("resume", r) for r in (0, 1)]
-    assert all(len(ids) == 4 for ids in first)  # two batches of two on each rank
-    assert set(first[0]).isdisjoint(first[1])  # each rank its own samples
-    every = [i for ids in first + resumed for i in ids]
-    assert set(every) == set(parquet_samples(local_path(manifest["splits"]["train"]["url"])))
-    # StreamingDataset pads the epoch to a multiple of ranks x batch with repeated samples, and no more
-    assert rows <= len(every) < rows + 2 * 2
+    train = read_manifest(compressed)["splits"]["train"]
+    first, resumed = mds_ddp_epoch(None, local_path(train["formats"]["mds"]["url"]), str(tmp_path), 2)
+    assert_one_epoch(first, resumed, set(parquet_samples(local_path(train["url"]))), 2)
 
 
 @pytest.mark.parametrize("shape, compression", [(None, None), (None, "zstd:5"), (None, "gz"), ((4, 3, 3), None)])

@@ -24,7 +24,7 @@ from imgshards.jobs.pipeline import run_pipeline
 from imgshards.sample import make_sample_dataset
 from imgshards.train.loader import make_dataloader, read_manifest
 
-from format_readers import mds_samples, parquet_samples, webdataset_samples
+from format_readers import assert_one_epoch, mds_ddp_epoch, mds_samples, parquet_samples, webdataset_samples
 from helpers import (
     TEST_AWS_CREDENTIALS,
     free_port,
@@ -240,6 +240,15 @@ def test_mds_and_webdataset_shards_on_s3_read_as_the_petastorm_split(s3_pipeline
         assert mds_samples(local=str(tmp_path / split), remote=remote) == expected, split
         pattern = f"s3://{wds['url'][len('s3a://'):]}/{wds['pattern']}"
         assert webdataset_samples(f"{fetch} {pattern}") == expected, split
+
+
+def test_streaming_ddp_from_s3_over_two_ranks_with_a_mid_epoch_resume(s3_pipeline, s3_endpoint, tmp_path):
+    config, _, _ = s3_pipeline
+    train = read_manifest(config.output, s3_endpoint)["splits"]["train"]
+    remote = "s3://" + train["formats"]["mds"]["url"].split("://", 1)[1]
+    first, resumed = mds_ddp_epoch(remote, str(tmp_path / "cache"), str(tmp_path), 2,
+                                   env={"S3_ENDPOINT_URL": s3_endpoint})
+    assert_one_epoch(first, resumed, set(parquet_samples(train["url"], s3_filesystem(s3_endpoint))), 2)
 
 
 def test_a_moved_copy_of_an_export_reads_the_same(s3_pipeline, s3, s3_endpoint, tmp_path):
