@@ -72,6 +72,10 @@ def spark(tmp_path_factory):
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "32",
         "spark.databricks.delta.snapshotPartitions": "2",
+        # In local mode the executor is this JVM: after 60 failed heartbeats to its own driver (10 minutes of
+        # a starved machine while the cluster tests run beside it) it would exit the JVM, and with it every
+        # later test's session. A CI run lost its session that way once.
+        "spark.executor.heartbeat.maxFailures": "100000",
     })
     session.sparkContext.setLogLevel("ERROR")
     yield session

@@ -101,9 +101,14 @@ def mds_ddp_epoch(remote, local: str, out: str, batches: int, env: dict = None) 
         ranks = [subprocess.Popen([sys.executable, script, phase, remote or "-", local, out, str(batches)],
                                   env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
-        for rank in ranks:
-            output, _ = rank.communicate(timeout=300)
-            assert rank.returncode == 0, output[-3000:]
+        try:
+            for rank in ranks:
+                output, _ = rank.communicate(timeout=300)
+                assert rank.returncode == 0, output[-3000:]
+        finally:  # a rank that failed leaves the other waiting for it: never leave it running
+            for rank in ranks:
+                rank.kill()
+                rank.wait()
 
     def seen(phase: str, rank: int) -> list:
         with open(os.path.join(out, f"{phase}-{rank}.json")) as f:

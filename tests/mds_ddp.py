@@ -3,6 +3,7 @@
 LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set (as torchrun sets them). ``first`` reads ``batches``
 batches and saves the loader's state_dict (rank 0); ``resume`` loads it and reads the rest of the epoch.
 Writes the sample ids this rank read to <out>/<phase>-<rank>.json."""
+import datetime
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ BATCH = 2
 
 
 def main(phase: str, remote: str, local: str, out: str, batches: int = 0) -> None:
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))  # a lost peer ends the rank
     rank = dist.get_rank()
     remote = None if remote == "-" else remote
     dataset = StreamingDataset(remote=remote, local=local, shuffle=True, shuffle_seed=7, batch_size=BATCH)
