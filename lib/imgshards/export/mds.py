@@ -33,6 +33,12 @@ def compress(setting: str, data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=chosen).compress(data)
 
 
+def shard_file_name(number: int, compression: Optional[str] = None) -> str:
+    """The file of shard ``number``: ``shard.NNNNN.mds``, with the compression's extension when compressed."""
+    raw = f"shard.{number:05d}.mds"
+    return f"{raw}.{compression.partition(':')[0]}" if compression else raw
+
+
 def columns(image_shape: Optional[tuple]) -> dict:
     """Column name -> MDS encoding: the image as its encoded bytes, or (``image_shape``) a uint8 array."""
     image = "bytes" if image_shape is None else "ndarray:uint8:" + ",".join(map(str, image_shape))
@@ -62,9 +68,9 @@ class ShardEncoder:
             body.append(datum)
         self.samples.append(struct.pack(f"<{len(head)}I", *head) + b"".join(body))
 
-    def finish(self, basename: str) -> tuple:
-        """(the shard file's bytes, its ``index.json`` entry) for a shard named ``basename``
-        (``shard.NNNNN.mds``; the compressed file's name adds the compression's extension)."""
+    def finish(self, number: int) -> tuple:
+        """(the shard file's bytes, its ``index.json`` entry) as shard ``number`` (:func:`shard_file_name`)."""
+        basename = shard_file_name(number)
         config_data = json.dumps(self.config, sort_keys=True).encode()
         count = len(self.samples)
         start = 4 + 4 * (count + 1) + len(config_data)
@@ -81,8 +87,7 @@ class ShardEncoder:
         compression = self.config["compression"]
         if compression:
             zipped = compress(compression, raw)
-            entry["zip_data"] = {"basename": f"{basename}.{compression.partition(':')[0]}", "bytes": len(zipped),
-                                 "hashes": {}}
+            entry["zip_data"] = {"basename": shard_file_name(number, compression), "bytes": len(zipped), "hashes": {}}
             return zipped, entry
         return raw, entry
 
@@ -95,6 +100,14 @@ def index_json(entries: list) -> str:
 def shard_file(entry: dict) -> str:
     """The file name that holds an ``index.json`` entry's shard."""
     return (entry["zip_data"] or entry["raw_data"])["basename"]
+
+
+def renumbered(entry: dict, number: int) -> dict:
+    """An ``index.json`` entry with its shard's files named as shard ``number``."""
+    entry["raw_data"]["basename"] = shard_file_name(number)
+    if entry["zip_data"]:
+        entry["zip_data"]["basename"] = shard_file_name(number, entry["compression"])
+    return entry
 
 
 def _static_size(encoding: str) -> Optional[int]:

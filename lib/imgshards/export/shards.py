@@ -30,7 +30,6 @@ from imgshards.io.filesystems import arrow_filesystem, is_object_store, is_s3
 log = logging.getLogger(__name__)
 
 SHARD_FORMATS = ("mds", "webdataset")
-FOLDERS = {"mds": "mds", "webdataset": "webdataset"}  # format -> folder in the version folder (then the split)
 ATTEMPT = ".attempt-"  # a task writes its shard as <name>.attempt-<stage>-<attempt>, then renames it
 _RESULT = "shard int, samples long, mds string, mds_bytes long, wds_bytes long"
 
@@ -48,7 +47,7 @@ def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version
     ``version_dir``; returns each format's manifest entry (path relative to the export root, index file,
     samples, shards, their file names, bytes)."""
     count = shard_count(expected_rows, estimated_bytes, export)
-    folders = {fmt: join_path(version_dir, FOLDERS[fmt], split) for fmt in formats}
+    folders = {fmt: join_path(version_dir, fmt, split) for fmt in formats}  # <version>/<format>/<split>
     shape = (image["height"], image["width"], image["channels"]) if image["codec"] == "ndarray" else None
     target = {
         "folders": folders, "split": split, "shape": shape,
@@ -70,11 +69,9 @@ def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version
     numbers = _renumber(spark, target, [r["shard"] for r in written])
     entries: dict = {}
     if "mds" in formats:
-        shards = []
-        for row, number in zip(written, numbers):
-            shards.append(_renamed_mds_entry(json.loads(row["mds"]), number))
+        shards = [mds.renumbered(json.loads(row["mds"]), number) for row, number in zip(written, numbers)]
         storage.write_text(spark, join_path(folders["mds"], mds.INDEX_FILE), mds.index_json(shards))
-        entries["mds"] = {"path": f"{version_name}/{FOLDERS['mds']}/{split}", "index": mds.INDEX_FILE,
+        entries["mds"] = {"path": f"{version_name}/mds/{split}", "index": mds.INDEX_FILE,
                           "samples": expected_rows, "shards": len(shards), "files": [mds.shard_file(e) for e in shards],
                           "bytes": sum(r["mds_bytes"] for r in written), "compression": export.mds_compression}
     if "webdataset" in formats:
@@ -82,7 +79,7 @@ def write_shards(spark: SparkSession, rows: DataFrame, version_dir: str, version
                      for row, n in zip(written, numbers)]
         storage.write_text(spark, join_path(folders["webdataset"], webdataset.INDEX_FILE),
                            webdataset.index_json(split, shardlist))
-        entries["webdataset"] = {"path": f"{version_name}/{FOLDERS['webdataset']}/{split}",
+        entries["webdataset"] = {"path": f"{version_name}/webdataset/{split}",
                                  "index": webdataset.INDEX_FILE, "samples": expected_rows, "shards": len(shardlist),
                                  "files": [shard["url"] for shard in shardlist],
                                  "pattern": webdataset.brace_pattern(split, len(shardlist)) if shardlist else None,
@@ -145,7 +142,7 @@ def _shard_writer(target: dict):
             wds_bytes = fs.get_file_info(tar_path).size
         entry, mds_bytes = None, 0
         if encoder is not None:
-            data, entry = encoder.finish(f"shard.{number:05d}.mds")
+            data, entry = encoder.finish(number)
             path = f"{roots['mds']}/{mds.shard_file(entry)}"
             with fs.open_output_stream(path + suffix) as out:
                 out.write(data)
@@ -175,23 +172,14 @@ def _renumber(spark: SparkSession, target: dict, numbers: list) -> list:
     dense = list(range(len(numbers)))
     if numbers == dense:
         return dense
-    extension = f".{target['compression'].partition(':')[0]}" if target["compression"] else ""
     names = {"webdataset": lambda n: webdataset.shard_name(target["split"], n),
-             "mds": lambda n: f"shard.{n:05d}.mds{extension}"}
+             "mds": lambda n: mds.shard_file_name(n, target["compression"])}
     for fmt, folder in target["folders"].items():
         fs, root = storage.arrow_fs(spark, folder)
         for old, new in zip(numbers, dense):
             if old != new:
                 fs.move(f"{root}/{names[fmt](old)}", f"{root}/{names[fmt](new)}")
     return dense
-
-
-def _renamed_mds_entry(entry: dict, number: int) -> dict:
-    """An MDS index entry with its shard's files named for shard ``number``."""
-    entry["raw_data"]["basename"] = f"shard.{number:05d}.mds"
-    if entry.get("zip_data"):
-        entry["zip_data"]["basename"] = entry["raw_data"]["basename"] + "." + entry["zip_data"]["basename"].rsplit(".", 1)[1]
-    return entry
 
 
 def image_bytes_estimate(rows: int, encoded_bytes: int, image: dict) -> int:
