@@ -1,7 +1,7 @@
 """Benchmark: the preprocess transform of one Spark task (imgshards.preprocess.transform.process_series, the body of
 the pandas UDF) per backend, without Spark: images/s of one worker process on batches of 64.
 
-Rows: pil, dali-cpu, and dali-gpu when CUDA has a device; each plain and with augmentation (every image
+Rows: pil, opencv (the default), dali-cpu, and dali-gpu when CUDA has a device; each plain and with augmentation (every image
 made into one augmented copy), on the given photos and on upscaled large ones. With dali-gpu, the GPU/CPU
 ratio is against dali-cpu in one process (a Spark executor runs one such process per core, and typically
 one task per GPU). Needs no Spark or Java, so it also runs on a bare GPU machine with DALI installed.
@@ -20,8 +20,9 @@ import time
 import pandas as pd
 from PIL import Image
 
+from imgshards import imaging
 from imgshards.config import PreprocessConfig
-from imgshards.imaging import dali
+from imgshards.imaging import dali, opencv
 from imgshards.preprocess.transform import Placement, process_series
 
 BATCH = 64
@@ -64,6 +65,16 @@ def rate(contents: list, settings: PreprocessConfig, placement: Placement, augme
     return done / (time.perf_counter() - start)
 
 
+def decode_rate(contents: list, settings: PreprocessConfig) -> float:
+    """Images/s of the opencv transform's JPEG decode alone (header, simplejpeg at the DCT scale it picks)."""
+    start = time.perf_counter()
+    for data in contents:
+        img = imaging.codecs.open_image(data, 2**31)
+        if opencv._decode_jpeg(data, img, settings.size, settings.resize, settings.draft) is None:
+            raise RuntimeError("a photo that the opencv transform does not decode with simplejpeg")
+    return len(contents) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default=SHARED, help="folder of JPEG photos (default: ../shared hymenoptera)")
@@ -77,7 +88,7 @@ def main() -> None:
     settings = dataclasses.replace(settings, augment=dataclasses.replace(settings.augment, copies=1))
     photos = load(args.images, args.count)
     sets = {"photos": photos, f"large {args.large_mpx:g} Mpx": upscale(photos, args.large_mpx, args.large_count)}
-    placements = [Placement("pil", None, None), Placement("dali-cpu", None, None)]
+    placements = [Placement("pil", None, None), Placement("opencv", None, None), Placement("dali-cpu", None, None)]
     if dali.cuda_usable(0):
         placements.append(Placement("dali-gpu", 0, "0"))
     print("| data | images | backend | plain images/s | augmented images/s |")
@@ -88,9 +99,17 @@ def main() -> None:
             plain = rate(contents, settings, placement, augment=False)
             augmented = rate(contents, settings, placement, augment=True)
             rates[(name, placement.backend)] = (plain, augmented)
-            label = placement.backend if placement.backend == "pil" else f"{placement.backend} ({placement.device})"
+            label = placement.backend if placement.device_id is None and not placement.backend.startswith("dali") \
+                else f"{placement.backend} ({placement.device})"
             aug_label = "dali-cpu" if placement.device_id is None else "dali-gpu"
             print(f"| {name} | {len(contents)} | {label} | {plain:,.0f} | {augmented:,.0f} ({aug_label}) |", flush=True)
+    # The floor of any transform of these JPEGs: libjpeg-turbo's decode alone, at the DCT scale opencv uses.
+    print("\n| data | opencv / pil, plain | JPEG decode alone, images/s | its ceiling over pil |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, contents in sets.items():
+        pil, fast = rates[(name, "pil")][0], rates[(name, "opencv")][0]
+        decode = decode_rate(contents, settings)
+        print(f"| {name} | {fast / pil:.2f}x | {decode:,.0f} | {decode / pil:.2f}x |")
     if any(backend == "dali-gpu" for _, backend in rates):
         print("\n| data | dali-gpu / dali-cpu, plain | augmented |")
         print("| --- | ---: | ---: |")

@@ -2,9 +2,11 @@
 
 At each scale (hymenoptera copied to distinct files, as bench_ingest.py does: 1x, 4x and 8x of --base)
 it times, as whole processes, in one run:
-  - a plain loop in 2 processes: read, sha256, imgshards.imaging.process (224 px JPEG q90);
-  - Ray Data 2.60 doing that job (benchmarks/peers/ray_job.py: read_binary_files -> map_batches with the same
-    function -> write_parquet), from its own environment (.work/ray-env, made on first use);
+  - a plain loop in 2 processes: read, sha256, imgshards.imaging.opencv.process (the default transform,
+    224 px JPEG q90);
+  - Ray Data 2.60 doing that job as its image docs show (benchmarks/peers/ray_job.py: read_binary_files ->
+    map_batches with Pillow's ImageOps.fit -> write_parquet), and Ray Data running this project's transform
+    in the same map_batches, from its own environment (.work/ray-env, made on first use);
   - ./spark-submit.sh pipeline on the embedded default (ingest with dedup and near-duplicate hashing,
     preprocess, export, report), into a fresh warehouse: with ingest.content=copy (the default: the images
     table keeps the bytes) and with ingest.content=reference (it keeps path and sha256; preprocess reads the
@@ -32,11 +34,13 @@ import pyarrow.parquet as pq
 
 from imgshards import imaging
 from imgshards.config import CONTENT_MODES
+from imgshards.imaging import opencv
 
 from common import LAUNCHER, ROOT, SHARED_PHOTOS, replicate_dataset
 
 RAY_ENV = os.path.join(ROOT, ".work", "ray-env")
-RAY_REQUIREMENTS = ["ray[data]==2.60.0", "pillow==13.0.0"]  # numpy and pyarrow: what Ray 2.60 wants
+# numpy and pyarrow: what Ray 2.60 wants; OpenCV and simplejpeg for the row that runs this project's transform.
+RAY_REQUIREMENTS = ["ray[data]==2.60.0", "pillow==13.0.0", "opencv-python-headless==4.10.0.84", "simplejpeg==1.9.0"]
 SIZE = 224
 
 
@@ -56,7 +60,7 @@ def _loop(paths: list) -> int:
             data = f.read()
         hashlib.sha256(data).hexdigest()
         try:
-            imaging.process(data, size=SIZE, quality=90)
+            opencv.process(data, size=SIZE, quality=90)
             done += 1
         except imaging.ImageError:
             pass
@@ -108,14 +112,18 @@ def _main(argv=None) -> int:
             paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(raw) for f in fs)
             _loop(paths[:200])  # the page cache and imports warm for everyone
             loop = loop_seconds(paths)
-            ray_out = os.path.join(work, f"ray-{scale}x")
-            ray = timed([python, os.path.join(ROOT, "benchmarks", "peers", "ray_job.py"), raw, ray_out,
-                         "--size", str(SIZE)], os.path.join(work, f"ray-{scale}x.log"),
-                        env={"PYTHONPATH": os.path.join(ROOT, "lib")})
-            written = pq.read_table(ray_out, columns=["sha256"]).num_rows
-            if written != count:
-                raise SystemExit(f"Ray wrote {written} rows for {count} files")
-            shutil.rmtree(ray_out, ignore_errors=True)
+            rays = []
+            for transform in ("pillow", "imgshards"):
+                ray_out = os.path.join(work, f"ray-{transform}-{scale}x")
+                rays.append(timed([python, os.path.join(ROOT, "benchmarks", "peers", "ray_job.py"), raw, ray_out,
+                                   "--size", str(SIZE), "--transform", transform],
+                                  os.path.join(work, f"ray-{transform}-{scale}x.log"),
+                                  env={"PYTHONPATH": os.path.join(ROOT, "lib")}))
+                images = pq.read_table(ray_out, columns=["image"])["image"]
+                written = len(images) - images.null_count
+                if written != count:
+                    raise SystemExit(f"Ray ({transform}) wrote {written} images for {count} files")
+                shutil.rmtree(ray_out, ignore_errors=True)
             for stack in args.stacks:
                 pipelines = []
                 for content in CONTENT_MODES:
@@ -126,18 +134,19 @@ def _main(argv=None) -> int:
                          "--set", f"workdir={json.dumps(pipeline_work)}", "--set", f"ingest.content={content}"],
                         os.path.join(work, f"pipeline-{stack}-{content}-{scale}x.log"), env={"IMGSHARDS_STACK": stack}))
                     shutil.rmtree(pipeline_work, ignore_errors=True)
-                rows.append((scale, count, stack, loop, ray, *pipelines))
+                rows.append((scale, count, stack, loop, *rays, *pipelines))
             shutil.rmtree(raw, ignore_errors=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     print(f"\n{os.cpu_count()} cores; {SIZE} px JPEG q90 output; images/s over whole processes\n")
-    print("| scale | images | stack | loop, 2 processes | Ray Data 2.60 | pipeline, copy | pipeline, reference "
-          "| copy / Ray | reference / Ray | reference / loop |")
-    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for scale, count, stack, loop, ray, copy, reference in rows:
-        print(f"| {scale}x | {count} | {stack} | {count / loop:.0f} | {count / ray:.0f} | {count / copy:.0f} "
-              f"| {count / reference:.0f} | {ray / copy:.2f} | {ray / reference:.2f} | {loop / reference:.2f} |")
+    print("| scale | images | stack | loop, 2 processes | Ray Data, Pillow | Ray Data, imgshards transform "
+          "| pipeline, copy | pipeline, reference | copy / Ray | reference / Ray | reference / loop |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for scale, count, stack, loop, ray, ray_ours, copy, reference in rows:
+        print(f"| {scale}x | {count} | {stack} | {count / loop:.0f} | {count / ray:.0f} | {count / ray_ours:.0f} "
+              f"| {count / copy:.0f} | {count / reference:.0f} | {ray / copy:.2f} | {ray / reference:.2f} "
+              f"| {loop / reference:.2f} |")
     return 0
 
 

@@ -1,12 +1,13 @@
 """Benchmark: preprocess throughput, in one run on the same files:
-  (a) a plain single-process PIL loop doing the same decode + orient + resize + crop + encode (draft on),
-      and the same loop without draft mode;
-  (b) the preprocess job with backend pil on local[2];  (c) with backend dali-cpu;
+  (a) a plain single-process loop over the same transform as the job's backend (--backend: opencv, the
+      default, or pil) doing decode + orient + resize + crop + encode (draft on), and without draft mode;
+  (b) the preprocess job with that backend on local[2];  (c) with backend dali-cpu;
   (d) a naive row-at-a-time Python UDF calling the same function.
 Data: ../shared/datasets/hymenoptera, and large photos made by upscaling them (>= 8 Mpx); peak RSS of
 the Spark Python workers is sampled, also with 24 Mpx inputs. Prints Markdown tables.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--photos 2000] [--large 240] [--size 224] [--content copy]
+        [--backend opencv]
 
 --content reference ingests the photos by reference (the images table keeps no bytes; the job's workers
 read each file by path and check its sha256); --large 0 leaves out the large and huge photos.
@@ -31,6 +32,7 @@ from pyspark.sql.types import BinaryType
 from imgshards import imaging
 from imgshards.config import load_config
 from imgshards.delta.tables import spread_scans
+from imgshards.imaging import opencv
 from imgshards.ingest.run import run_ingest
 from imgshards.preprocess.run import process_column, run_preprocess
 
@@ -52,12 +54,15 @@ def make_large(source_files, target: str, megapixels: float, count: int) -> list
 
 
 _DATAS: list = []  # the loop's input; forked processes inherit it instead of receiving copies
+_BACKEND = ["opencv"]  # the loop's transform (--backend), inherited the same way
+TRANSFORMS = {"opencv": opencv.process, "pil": imaging.process}
 
 
 def _loop(start: int, step: int, size: int, draft: bool) -> None:
+    transform = TRANSFORMS[_BACKEND[0]]
     for data in _DATAS[start::step]:
         try:
-            imaging.process(data, size=size, draft=draft)
+            transform(data, size=size, draft=draft)
         except imaging.ImageError:
             pass
 
@@ -96,7 +101,8 @@ def job_rate(spark, config, raw: str, backend: str, work: str, runs: int = 2) ->
 
 
 def transform_rate(spark, config, raw: str, work: str) -> float:
-    """The preprocess pandas UDF alone (pil), into a no-op sink: the job without its Delta bookkeeping."""
+    """The preprocess pandas UDF alone (the config's backend), into a no-op sink: the job without its Delta
+    bookkeeping."""
     images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
     source = (F.col("path"), F.col("size_bytes"), F.col("sha256")) if config.ingest.content == "reference" else None
     with spread_scans(spark):
@@ -108,7 +114,7 @@ def transform_rate(spark, config, raw: str, work: str) -> float:
 
 def naive_udf_rate(spark, config, raw: str, work: str) -> float:
     images = spark.read.format("delta").load(os.path.join(work, "wh-" + os.path.basename(raw), "images"))
-    size, quality = config.preprocess.size, config.preprocess.quality
+    size, quality, transform = config.preprocess.size, config.preprocess.quality, TRANSFORMS[config.preprocess.backend]
 
     @F.udf(BinaryType())
     def naive(content, path):
@@ -116,7 +122,7 @@ def naive_udf_rate(spark, config, raw: str, work: str) -> float:
             with open(path.removeprefix("file:"), "rb") as f:
                 content = f.read()
         try:
-            return imaging.process(bytes(content), size=size, quality=quality)[0]
+            return transform(bytes(content), size=size, quality=quality)[0]
         except imaging.ImageError:
             return None
 
@@ -135,6 +141,8 @@ def args_parser():
     parser.add_argument("--large", type=int, default=240, help="how many large photos to make (0: none, nor huge)")
     parser.add_argument("--photos", type=int, default=2000, help="hymenoptera copies (distinct bytes)")
     parser.add_argument("--content", choices=("copy", "reference"), default="copy", help="ingest.content for the jobs")
+    parser.add_argument("--backend", choices=tuple(TRANSFORMS), default="opencv",
+                        help="the CPU backend of the loops and job (b)")
     return parser
 
 
@@ -151,7 +159,8 @@ def _main(argv=None) -> int:
         make_large(sources, huge, 24, 8)
         datasets += [(f"large photos ({args.large} x 9 Mpx)", large), ("huge photos (8 x 24 Mpx)", huge)]
     config = load_config(overrides=[f"preprocess.size={args.size}", "ingest.near_duplicates.enabled=false",
-                                    f"ingest.content={args.content}"])
+                                    f"ingest.content={args.content}", f"preprocess.backend={args.backend}"])
+    _BACKEND[:] = [args.backend]
     config = dataclasses.replace(config, workdir=work)
     # The JVM as `./spark-submit.sh preprocess` starts it (the local profile's JIT and collector), not the
     # test suite's: on 2 cores the C2 compiler's CPU comes out of the Python workers' share.
@@ -165,7 +174,7 @@ def _main(argv=None) -> int:
             a = loop_rate(files, args.size, draft=True)
             a2 = loop_rate(files, args.size, draft=True, processes=2)
             a_nodraft = loop_rate(files, args.size, draft=False)
-            b, b_rss, n = job_rate(spark, config, raw, "pil", work)
+            b, b_rss, n = job_rate(spark, config, raw, args.backend, work)
             t = transform_rate(spark, config, raw, work)
             # DALI is in the default stack only (the gpu extra); elsewhere its column says n/a.
             c, c_rss = job_rate(spark, config, raw, "dali-cpu", work)[:2] if DALI else (float("nan"), float("nan"))
@@ -176,9 +185,10 @@ def _main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\noutput {args.size}x{args.size} JPEG q{config.preprocess.quality}, {os.cpu_count()} cores, "
           f"ingest.content={args.content}; images/s\n")
-    print("| data | images | (a) PIL loop, 1 process | loop, 2 processes | loop without draft | (b) job, pil, local[2] "
-          "| (b) / 2x(a) | (b) / 2-process loop | (b) / loop without draft | pil UDF alone, local[2] | UDF / 2x(a) "
-          "| (c) job, dali-cpu | (d) naive row UDF | peak RSS per Python worker (pil / dali-cpu) |")
+    b = args.backend
+    print(f"| data | images | (a) {b} loop, 1 process | loop, 2 processes | loop without draft | (b) job, {b}, local[2] "
+          f"| (b) / 2x(a) | (b) / 2-process loop | (b) / loop without draft | {b} UDF alone, local[2] | UDF / 2x(a) "
+          f"| (c) job, dali-cpu | (d) naive row UDF | peak RSS per Python worker ({b} / dali-cpu) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, n, a, a2, a_nd, b, t, b_rss, c, c_rss, d in tables:
         print(f"| {label} | {n} | {a:.0f} | {a2:.0f} | {a_nd:.1f} | {b:.0f} | {b / (2 * a):.2f} | {b / a2:.2f} "

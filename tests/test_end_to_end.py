@@ -44,8 +44,9 @@ def dataset(tmp_path_factory):
 def config(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     base = load_config(overrides=[f"preprocess.size={SIZE}", "preprocess.output_format=png", "export.row_group_size_mb=1",
-                                 # exact decode, so pixels can be held to a tight tolerance (draft mode has its own test)
-                                 "preprocess.draft=false"])
+                                 # exact decode by Pillow throughout, so pixels can be held to a tight tolerance
+                                 # (draft mode and the opencv backend have tests of their own)
+                                 "preprocess.draft=false", "preprocess.backend=pil"])
     return dataclasses.replace(base, warehouse=str(work / "warehouse"), output=str(work / "shards"), workdir=str(work))
 
 

@@ -1,6 +1,7 @@
 """Thousands of damaged variants of real photos and of the edge-case corpus (tests/fuzzing.py) through
-ingest and preprocess under pil and dali-cpu: no job fails, every file ends up in exactly one table, every
-processed file fully decodes, and no truncated file passes as valid with pixels missing."""
+ingest and preprocess under opencv and dali-cpu (and pil, without Spark): no job fails, every file ends up
+in exactly one table, every processed file fully decodes, and no truncated file passes as valid with pixels
+missing."""
 from __future__ import annotations
 
 import collections
@@ -57,6 +58,14 @@ def accepted(data: bytes) -> bool:
         return False
 
 
+def pil_accepts(data: bytes, config) -> bool:
+    try:
+        imaging.process(data, size=config.preprocess.size, max_pixels=config.ingest.max_pixels)
+        return True
+    except imaging.ImageError:
+        return False
+
+
 def table(spark, config, name):
     return spark.read.format("delta").load(config.table(name).path)
 
@@ -73,7 +82,7 @@ def test_damaged_files_never_crash_and_are_never_taken_for_whole(spark, tmp_path
     # data itself; without, it reads headers only and the damage reaches the decoders of preprocess.
     config = load_config(overrides=["preprocess.size=32", "ingest.extensions=['*']", "ingest.labels.source=none",
                                     f"ingest.near_duplicates.enabled={hashing}"])
-    config = dataclasses.replace(config, warehouse=str(tmp_path / "pil"), output=str(tmp_path / "shards"),
+    config = dataclasses.replace(config, warehouse=str(tmp_path / "opencv"), output=str(tmp_path / "shards"),
                                  workdir=str(tmp_path))
 
     counts = run_ingest(spark, config, str(tmp_path / "raw"), "fuzz")
@@ -94,10 +103,10 @@ def test_damaged_files_never_crash_and_are_never_taken_for_whole(spark, tmp_path
 
     # The same images table preprocessed by each backend (the backend is not part of the settings
     # fingerprint, so each needs its own copy of the warehouse).
-    shutil.copytree(tmp_path / "pil", tmp_path / "dali")
+    shutil.copytree(tmp_path / "opencv", tmp_path / "dali")
     processed, backends = {}, {}
-    for backend in ("pil", "dali-cpu"):
-        settings = dataclasses.replace(config, warehouse=str(tmp_path / backend.split("-")[0]),
+    for backend, warehouse in (("opencv", "opencv"), ("dali-cpu", "dali")):
+        settings = dataclasses.replace(config, warehouse=str(tmp_path / warehouse),
                                        preprocess=dataclasses.replace(config.preprocess, backend=backend))
         pre = run_preprocess(spark, settings, "fuzz-" + backend)
         assert pre.processed + pre.quarantined == len(names["images"])
@@ -110,12 +119,13 @@ def test_damaged_files_never_crash_and_are_never_taken_for_whole(spark, tmp_path
     # DALI decodes until a batch it rejects; from then on that Python worker (reused across tasks and
     # across the tests in this process) hands every batch to Pillow.
     assert set(backends["dali-cpu"]) <= {"dali-cpu on cpu", "pil on cpu"}
-    # Pillow judges bad data under both backends, so they accept the same files.
-    assert processed["pil"] == processed["dali-cpu"]
+    # Pillow judges bad data under every backend, so they accept the same files; pil too, by itself.
+    assert processed["opencv"] == processed["dali-cpu"]
+    assert processed["opencv"] == {name for name in names["images"] if pil_accepts(by_name[name].data, config)}
 
     # Every processed file decodes in full; one that was cut short only if it lost nothing.
     kinds = collections.Counter()
-    for name in processed["pil"]:
+    for name in processed["opencv"]:
         variant = by_name[name]
         pixels = np.asarray(imaging.decode(variant.data, config.ingest.max_pixels))
         if variant.kind == "truncate":

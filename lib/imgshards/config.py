@@ -155,7 +155,8 @@ class IngestConfig:
         self.split.validate()
 
 
-BACKENDS = ("pil", "dali-cpu", "dali-gpu", "auto")
+BACKENDS = ("opencv", "pil", "dali-cpu", "dali-gpu", "auto")
+CPU_BACKENDS = ("opencv", "pil")  # the backends that need no DALI
 AUGMENT_OPS = ("random_resized_crop", "flip", "rotate", "color", "blur")
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -215,14 +216,15 @@ class PreprocessConfig:
     output_format: str = "jpeg"
     quality: int = 90
     draft: bool = True
-    backend: str = "pil"
+    backend: str = "opencv"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"preprocess.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if (self.backend != "pil" or self.augment.enabled) and importlib.util.find_spec("nvidia.dali") is None:
-            what = f"preprocess.backend={self.backend}" if self.backend != "pil" else "preprocess.augment"
+        dali = self.backend not in CPU_BACKENDS
+        if (dali or self.augment.enabled) and importlib.util.find_spec("nvidia.dali") is None:
+            what = f"preprocess.backend={self.backend}" if dali else "preprocess.augment"
             raise ConfigError(f"{what} needs NVIDIA DALI: pip install 'imgshards[gpu]'")
         if not 8 <= self.size <= 4096:
             raise ConfigError(f"preprocess.size must be in 8..4096, got {self.size!r}")

@@ -96,7 +96,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _looks_truncated(data: bytes, fmt: str) -> bool:
+def looks_truncated(data: bytes, fmt: str) -> bool:
     """Cheap end-of-stream checks without decoding: JPEG must end with EOI, PNG with an IEND chunk, an
     RLE-compressed BMP must reach its end-of-bitmap code (or its last row)."""
     tail = data[-64:].rstrip(b"\x00\r\n ")
@@ -156,7 +156,7 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
     """Read format and size from the header (no pixel decode). Raises :class:`ImageError`."""
     img = open_image(data, max_pixels)
     fmt = img.format or ""  # open_image admits only the SUPPORTED_FORMATS
-    if _looks_truncated(data, fmt):
+    if looks_truncated(data, fmt):
         raise ImageError("truncated", f"{fmt} stream has no end marker")
     return ImageInfo(format=fmt, width=img.size[0], height=img.size[1], mode=img.mode)
 
@@ -183,13 +183,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _oriented_size(img: Image.Image) -> tuple:
-    """The image's size after EXIF orientation (orientations 5-8 swap width and height)."""
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1..8) of an opened image; 1 when it has none or it cannot be read."""
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:
-        orientation = 1
-    return img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _oriented_size(img: Image.Image) -> tuple:
+    """The image's size after EXIF orientation (orientations 5-8 swap width and height)."""
+    return img.size[::-1] if exif_orientation(img) in (5, 6, 7, 8) else img.size
 
 
 def _decode_oriented_rgb(img: Image.Image) -> Image.Image:
@@ -245,21 +250,38 @@ def process(
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     img = open_image(data, max_pixels)
     try:
-        full_size = None
-        if draft and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
-            # A JPEG's EXIF is read at open (other formats may decode to read it). The decoder may scale
-            # by 1/2, 1/4 or 1/8 in the DCT as long as the box still has at least its output size.
-            full_size = w, h = _oriented_size(img)
-            geo = geometry(w, h, size, resize)
-            need = (w * geo.resized[0] / (geo.box[2] - geo.box[0]), h * geo.resized[1] / (geo.box[3] - geo.box[1]))
-            if max(need[0] / w, need[1] / h) < 0.5:
-                need = (math.ceil(need[0]), math.ceil(need[1]))
-                img.draft(img.mode, need if img.size == (w, h) else need[::-1])
-        img = _decode_oriented_rgb(img)
+        img, full_size = decode_for_output(img, size, resize, draft)
         img = resize_to(img, size, resize, pad_value, full_size)
         return encode(img, output_format, quality), size, size
     except Exception as e:
         raise decode_error(e) from e
+
+
+def decode_for_output(img: Image.Image, size: int, resize: str, draft: bool) -> tuple:
+    """Decode an opened image, oriented and in RGB, for a ``size`` output by ``resize`` (with ``draft``, a
+    JPEG scaled in the DCT: :func:`draft_request`). Returns (image, full oriented size or None when not
+    scaled). Raises what the decoder raises (:func:`decode_error` names it)."""
+    request = draft_request(img, size, resize) if draft else None
+    if request is None:
+        return _decode_oriented_rgb(img), None
+    full_size = _oriented_size(img)
+    img.draft(img.mode, request)
+    return _decode_oriented_rgb(img), full_size
+
+
+def draft_request(img: Image.Image, size: int, resize: str) -> Optional[tuple]:
+    """The size (as stored, before EXIF orientation) to ask a JPEG's decoder for, so that it scales by 1/2,
+    1/4 or 1/8 in the DCT while the resize box keeps at least its output size; None when the output is not
+    that much smaller (or the image is no JPEG). A JPEG's EXIF is read at open, so this decodes nothing."""
+    if img.format != "JPEG" or img.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+        return None
+    w, h = _oriented_size(img)
+    geo = geometry(w, h, size, resize)
+    need = (w * geo.resized[0] / (geo.box[2] - geo.box[0]), h * geo.resized[1] / (geo.box[3] - geo.box[1]))
+    if max(need[0] / w, need[1] / h) >= 0.5:
+        return None
+    request = (math.ceil(need[0]), math.ceil(need[1]))
+    return request if img.size == (w, h) else request[::-1]
 
 
 def encode(img, output_format: str, quality: int) -> bytes:

@@ -17,7 +17,7 @@ import time
 from pyspark.sql import SparkSession
 
 # Imported by the jobs on executors (DALI only for the DALI backends and augmentation).
-REQUIRED_MODULES = ("imgshards", "numpy", "pandas", "pyarrow", "PIL", "cv2", "yaml")
+REQUIRED_MODULES = ("imgshards", "numpy", "pandas", "pyarrow", "PIL", "cv2", "simplejpeg", "yaml")
 OPTIONAL_MODULES = ("nvidia.dali",)
 # The stack a run depends on (docs/clusters.md): (distribution, module that has its version where the
 # platform put the package on the path without its metadata, as clusters do with pyspark).

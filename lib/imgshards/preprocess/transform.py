@@ -16,7 +16,7 @@ import pandas as pd
 
 from imgshards import imaging
 from imgshards.config import PreprocessConfig
-from imgshards.imaging import dali
+from imgshards.imaging import dali, opencv
 from imgshards.imaging.augment import dali_inputs, sample_params
 from imgshards.io.filesystems import open_source
 
@@ -44,7 +44,7 @@ class Placement:
 
 def place(requested: str, task_gpu: Optional[str], cuda_usable) -> Placement:
     """Resolve the configured backend for a task. The GPU is the one Spark assigned (never a fixed 0)."""
-    if requested in ("pil", "dali-cpu"):
+    if requested in ("opencv", "pil", "dali-cpu"):
         return Placement(requested, None, task_gpu)
     if requested == "dali-gpu":
         if task_gpu is None:
@@ -84,12 +84,14 @@ def _read_source(path: str, size: int, sha256: str, s3: tuple):
 
 
 def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: PreprocessConfig, max_pixels: int,
-                   placement: Placement = Placement("pil", None, None)) -> pd.DataFrame:
+                   placement: Placement = Placement("opencv", None, None)) -> pd.DataFrame:
     """One Arrow batch of raw image bytes -> a frame of RESULT_COLUMNS. ``seeds``: null for a plain sample,
     else the seed of an augmented copy (made by DALI, on the task's GPU when it runs there).
 
-    With a DALI placement, plain RGB/L JPEGs and PNGs go through DALI in one batch; the rest (other modes,
-    transparency, EXIF orientation) through Pillow, and each row records the backend that made it.
+    ``opencv`` and ``pil`` process image by image (:func:`imgshards.imaging.opencv.process`,
+    :func:`imgshards.imaging.process`). With a DALI placement, plain RGB/L JPEGs and PNGs go through DALI in
+    one batch; the rest (other modes, transparency, EXIF orientation) through Pillow, and each row records
+    the backend that made it.
     Augmented copies of such images are decoded by Pillow and handed to DALI as PNG. Pillow is the judge
     of bad data: a batch DALI rejects is redone the Pillow way, and an image is quarantined only if Pillow
     fails on it too."""
@@ -102,12 +104,15 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
     def quarantine(i: int, error: imaging.ImageError) -> None:
         rows[i] = (None, None, None, "pil", "cpu", placement.task_gpu, error.reason, error.detail)
 
-    def pillow(i: int, data: bytes) -> None:
+    one_by_one = "opencv" if placement.backend == "opencv" else "pil"
+    transform = opencv.process if one_by_one == "opencv" else imaging.process
+
+    def singly(i: int, data: bytes) -> None:
         try:
-            image, _, _ = imaging.process(
+            image, _, _ = transform(
                 data, size=settings.size, output_format=settings.output_format, quality=settings.quality,
                 max_pixels=max_pixels, draft=settings.draft, resize=settings.resize, pad_value=settings.pad_value)
-            rows[i] = (image, settings.size, settings.size, "pil", "cpu", placement.task_gpu, None, None)
+            rows[i] = (image, settings.size, settings.size, one_by_one, "cpu", placement.task_gpu, None, None)
         except imaging.ImageError as e:
             quarantine(i, e)
 
@@ -122,19 +127,19 @@ def process_series(contents: pd.Series, seeds: Optional[pd.Series], settings: Pr
         try:
             if seed is not None:
                 dali_augment.append(_augment_item(i, data, seed, settings, max_pixels, not dali_decodes))
-            elif (dali_decodes and placement.backend != "pil"
+            elif (dali_decodes and placement.backend not in ("opencv", "pil")
                   and (plain_size := imaging.plain_rgb_jpeg_or_png(data, max_pixels))):
                 width, height = plain_size
                 geo = imaging.geometry(width, height, settings.size, settings.resize)
                 dali_base.append((i, data, dali_inputs(None, geo, width, height, settings.size)))
             else:
-                pillow(i, data)
+                singly(i, data)
         except imaging.ImageError as e:
             quarantine(i, e)
     arrays = _run_dali(dali_base, base_spec)
     if arrays is None:  # DALI rejected the batch: Pillow decides, image by image
         for i, data, _ in dali_base:
-            pillow(i, data)
+            singly(i, data)
         dali_base, arrays = [], []
     copies = _run_dali(dali_augment, augment_spec)
     if copies is None:  # augment what Pillow decodes of the originals instead
