@@ -10,6 +10,7 @@ import zlib
 from typing import Iterator, Optional
 
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
@@ -69,21 +70,31 @@ def _read_local(path: str, max_bytes: int) -> bytes:
     return data
 
 
-LOCAL_CONTENT_SCHEMA = "path string, content binary"
+# The bytes one output batch of with_local_contents holds at most (its input batches are sized by paths).
+CONTENT_BATCH_BYTES = 64 * 1024 * 1024
 
 
-def local_contents(batches: Iterator[pd.DataFrame], max_bytes: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (path) of local files -> (path, content) read in this Python worker; null content
-    for a file that can no longer be read as probed (its row is then not written, and the write's count
-    check says so). Any name the listing took is opened as it is: Hadoop's paths are not involved."""
+def with_local_contents(batches: Iterator[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: rows with a ``path`` of a local file -> the same rows with the file's ``content``,
+    read in this Python worker (null for a file that can no longer be read as probed: its row is then not
+    written, and the write's count check says so), in batches of at most CONTENT_BATCH_BYTES. The rows pass
+    through as Arrow, so no join brings the bytes and the rows back together (and no 64-bit column goes
+    through pandas). Any name the listing took is opened as it is: Hadoop's paths are not involved."""
     for batch in batches:
-        contents = []
-        for path in batch["path"]:
+        # The binary type that matches the strings Spark sent (large types where it uses them).
+        binary = pa.large_binary() if batch.schema.field("path").type == pa.large_string() else pa.binary()
+        start, contents, size = 0, [], 0
+        for i, path in enumerate(batch.column("path").to_pylist()):
             try:
                 contents.append(_read_local(path, max_bytes))
+                size += len(contents[-1])
             except imaging.ImageError:
                 contents.append(None)
-        yield pd.DataFrame({"path": batch["path"], "content": contents})
+            if size >= CONTENT_BATCH_BYTES or i == batch.num_rows - 1:
+                part = batch.slice(start, len(contents))
+                yield pa.RecordBatch.from_arrays([*part.columns, pa.array(contents, binary)],
+                                                 names=[*part.schema.names, "content"])
+                start, contents, size = i + 1, [], 0
 
 
 def probe_batches(

@@ -12,12 +12,13 @@ from collections import Counter
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, StructField, StructType
 
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
 from imgshards.ingest import near_duplicates
 from imgshards.ingest.counts import IngestCounts
-from imgshards.ingest.read import INGEST_STAGE, LOCAL_CONTENT_SCHEMA, local_contents
+from imgshards.ingest.read import INGEST_STAGE, with_local_contents
 from imgshards.ingest.rules import EXAMPLES, split_column, split_key_column
 from imgshards.ingest.state import TRANSIENT_REASONS
 from imgshards.schemas import (
@@ -202,20 +203,20 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
     if config.ingest.content == "reference":  # path, sha256 and header fields only: no second read
         images = accepted.withColumn("content", F.lit(None).cast("binary"))
     else:
-        if counts.ingested + counts.updated <= tables.BROADCAST_ROWS:
-            accepted = F.broadcast(accepted)
         # The bytes are read again here rather than carried through the probe: a second sequential read is
         # far cheaper than spilling every image to disk. Their CRC32 against that of the bytes the probe
         # hashed catches a file that changed in between (CRC32 runs at memory speed in the JVM, where its
         # SHA-256 without C2 is an order of magnitude slower); the written row count is checked against
         # what was accepted.
         if "content" in files.columns:  # Spark's reader (object stores)
-            content = files.select("path", "content")
+            small = counts.ingested + counts.updated <= tables.BROADCAST_ROWS
+            images = files.select("path", "content").join(F.broadcast(accepted) if small else accepted, "path")
         else:  # listed local files: read again by the Python workers, as the probe read them, and only those kept
-            content = accepted.select("path").mapInPandas(
-                functools.partial(local_contents, max_bytes=config.ingest.max_bytes), LOCAL_CONTENT_SCHEMA)
-        content = content.select("path", "content", F.crc32("content").alias("_crc32"))
-        images = content.join(accepted, "path").filter(F.col("_crc32") == F.col("crc32"))
+            # (the rows pass through with their bytes: joining the bytes back to a broadcast of the very rows
+            # they were read for failed on Spark 4.2 beyond a few thousand images, "unread block data")
+            images = accepted.mapInArrow(functools.partial(with_local_contents, max_bytes=config.ingest.max_bytes),
+                                         StructType([*accepted.schema.fields, StructField("content", BinaryType())]))
+        images = images.filter(F.crc32("content") == F.col("crc32"))
     images = images.select(
         "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
         "phash", "near_dup_cluster", F.current_timestamp().alias("ingested_at"),
