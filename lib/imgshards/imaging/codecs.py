@@ -218,9 +218,7 @@ def resize_to(img: Image.Image, size: int, mode: str = "crop", pad_value: int = 
     on when ``img`` was decoded smaller (draft mode), so the result does not depend on the draft scale."""
     width, height = full_size or img.size
     geo = geometry(width, height, size, mode)
-    sx, sy = img.size[0] / width, img.size[1] / height
-    left, top, right, bottom = geo.box
-    resized = img.resize(geo.resized, Image.Resampling.BICUBIC, box=(left * sx, top * sy, right * sx, bottom * sy),
+    resized = img.resize(geo.resized, Image.Resampling.BICUBIC, box=geo.box_in(width, height, img.size),
                          reducing_gap=REDUCING_GAP)
     if geo.resized == (size, size):
         return resized

@@ -18,6 +18,13 @@ class Geometry:
     resized: tuple
     offset: tuple = (0, 0)
 
+    def box_in(self, width: int, height: int, decoded: tuple) -> tuple:
+        """The box of a width x height image in the pixels of that image decoded at ``decoded`` (width,
+        height), e.g. scaled in a JPEG's DCT."""
+        sx, sy = decoded[0] / width, decoded[1] / height
+        left, top, right, bottom = self.box
+        return (left * sx, top * sy, right * sx, bottom * sy)
+
     def relative_box(self, width: int, height: int) -> tuple:
         left, top, right, bottom = self.box
         return (left / width, top / height, right / width, bottom / height)

@@ -124,9 +124,7 @@ def _resize_to(a: np.ndarray, full_size: tuple, size: int, mode: str, pad_value:
     ``full_size`` (the geometry is computed on the full size, so it does not depend on the DCT scale)."""
     width, height = full_size
     geo = geometry(width, height, size, mode)
-    sx, sy = a.shape[1] / width, a.shape[0] / height
-    left, top, right, bottom = geo.box
-    resized = resample(a, (left * sx, top * sy, right * sx, bottom * sy), geo.resized)
+    resized = resample(a, geo.box_in(width, height, (a.shape[1], a.shape[0])), geo.resized)
     if geo.resized == (size, size):
         return resized
     canvas = np.full((size, size, 3), pad_value, np.uint8)
