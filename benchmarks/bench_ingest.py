@@ -34,7 +34,7 @@ def read_and_hash(paths) -> int:
 
 
 def ingest_work(paths) -> int:
-    """What ingest does per file, as a plain loop: read, sha256, header probe, perceptual hash."""
+    """What ingest does per file, as a plain loop: read, sha256, header probe, hashes and quality signals."""
     limit = load_config().ingest.max_pixels
     for path in paths:
         with open(path, "rb") as f:
@@ -42,7 +42,7 @@ def ingest_work(paths) -> int:
         hashlib.sha256(data).hexdigest()
         try:
             imaging.probe(data, limit)
-            imaging.perceptual_hash(data, limit)
+            imaging.fingerprint(data, limit)
         except imaging.ImageError:
             pass
     return len(paths)

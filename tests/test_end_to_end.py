@@ -267,3 +267,23 @@ def test_a_table_from_an_older_version_is_named_not_written(spark, tmp_path):
     spark.createDataFrame([], StructType([StructField("sha256", StringType())])).write.format("delta").save(path)
     with pytest.raises(TableVersionError, match=r"lacks the columns \['copy'"):
         ensure_table(spark, path, PROCESSED_SCHEMA)
+
+
+def test_an_images_table_from_before_the_fine_hash_gets_its_new_columns(spark, tmp_path):
+    """`images` written before the fine hash and the quality signals: ingest adds those columns (null on the old
+    rows, which take no part in near-duplicate checks) and writes its new rows with them."""
+    from pyspark.sql.types import StructType
+
+    from imgshards.schemas import IMAGES_ADDED_COLUMNS, IMAGES_SCHEMA
+
+    config = dataclasses.replace(load_config(overrides=[]), warehouse=str(tmp_path / "warehouse"),
+                                 output=str(tmp_path / "shards"), workdir=str(tmp_path))
+    old = StructType([f for f in IMAGES_SCHEMA.fields if f.name not in IMAGES_ADDED_COLUMNS])
+    spark.createDataFrame([], old).write.format("delta").save(config.table("images").path)
+    raw = tmp_path / "raw" / "cats"
+    raw.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 48), (60 * i, 90, 200)).save(raw / f"{i}.jpg")
+    assert run_ingest(spark, config, str(tmp_path / "raw"), "r1").ingested == 3
+    rows = spark.read.format("delta").load(config.table("images").path).collect()
+    assert len(rows) == 3 and all(len(r["phash_fine"]) == 4 and r["brightness"] is not None for r in rows)

@@ -22,7 +22,7 @@ from imgshards.config import load_config
 from imgshards.delta import tables
 from imgshards.ingest import near_duplicates
 from imgshards.ingest import state as ingest_state
-from imgshards.ingest.near_duplicates import components
+from imgshards.ingest.near_duplicates import near_pairs, node_key, stars
 from imgshards.ingest.rules import split_of
 from imgshards.ingest.run import run_ingest, run_ingest_stream
 from imgshards.io import storage
@@ -334,7 +334,17 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     assert listed_files(spark, {}).collect() == []
 
 
-ND_COLUMNS = "sha256 string, phash long, path string, split string"
+ND_COLUMNS = "sha256 string, phash long, phash_fine array<long>, path string, split string"
+
+
+def _fine(phash: int, inverted: bool = False) -> list:
+    """A fine hash that follows the coarse one (4 bits apart per coarse bit: confirmed within the default
+    bounds); ``inverted``: its last two words inverted, so that it is more than 100 bits from one that is not."""
+    return [phash, phash, ~phash if inverted else phash, ~phash if inverted else phash]
+
+
+def _row(sha, phash, path, split, fine=None):
+    return (sha, phash, _fine(phash) if fine is None else fine, path, split)
 
 
 # Clustering on the driver (up to near_duplicates.DRIVER_MAX_IMAGES) and in Spark (beyond it): every case
@@ -363,7 +373,7 @@ def test_near_duplicate_clusters_split_in_the_configured_proportions(spark, on):
         phash = int(rng.integers(-2**63, 2**63 - 1))  # random hashes are ~32 bits apart: one cluster each
         for m in range(13):
             sha = hashlib.sha256(f"cluster {c} member {m}".encode()).hexdigest()
-            rows.append((sha, phash, f"c{c}/m{m}.jpg", split_of(sha, split)))
+            rows.append(_row(sha, phash, f"c{c}/m{m}.jpg", split_of(sha, split)))
     assignment, report = _cluster_rows(spark, rows, on=on)
     assert report["clusters"] == 400 and report["images"] == 5200 and report["crossing_splits"] == 0
     assert report["hash_pairs"] == 0  # identical hashes are one node: no pair among the 13 copies
@@ -377,48 +387,68 @@ def test_near_duplicate_clusters_split_in_the_configured_proportions(spark, on):
 
 
 @pytest.mark.parametrize("on", CLUSTERED_ON)
-def test_near_duplicate_clusters_chain_through_near_hashes_and_keep_the_tables_split(spark, on):
-    """Hashes 2 bits apart chain into one cluster (a–b–c, a and c 4+2 bits apart); a cluster with rows in
-    the table takes their most common split; a hash far from all others is no cluster; the cluster id is
-    the smallest sha256 among its members, table rows included."""
-    a, b, c, far = 0, 0b11, 0b11 | (0b1111 << 8), -1
-    live = [("0000", a, "old/a1.jpg", "val"), ("0001", a, "old/a2.jpg", "val"), ("0002", far, "old/far.jpg", "train")]
-    rows = [("b0", b, "new/b0.jpg", "train"), ("b1", b, "new/b1.jpg", "test"), ("c0", c, "new/c0.jpg", "train"),
-            ("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
+def test_near_duplicate_clusters_do_not_chain_and_keep_the_tables_split(spark, on):
+    """a–b–c–d, each 5 bits from the next but 10 from the one after: b (most neighbours) is a centre and takes
+    a and c; d, whose only neighbour is taken, is no cluster (union-find made all four one). A cluster with
+    rows in the table takes their most common split; the cluster id is the smallest sha256 among its members,
+    table rows included; a hash far from all others is no cluster."""
+    a, b, c, d, far = 0, 0b11111, 0b11111 | (0b11111 << 8), 0b11111 | (0b11111 << 8) | (0b11111 << 16), -1
+    live = [_row("0000", a, "old/a1.jpg", "val"), _row("0001", a, "old/a2.jpg", "val"),
+            _row("0002", far, "old/far.jpg", "train")]
+    rows = [_row("b0", b, "new/b0.jpg", "train"), _row("b1", b, "new/b1.jpg", "test"), _row("c0", c, "new/c0.jpg", "train"),
+            _row("d0", d, "new/d0.jpg", "val"), _row("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
     assignment, report = _cluster_rows(spark, rows, live, on=on)
     assert assignment == {"b0": ("0000", "val"), "b1": ("0000", "val"), "c0": ("0000", "val")}
     assert (report["clusters"], report["images"], report["crossing_splits"]) == (1, 3, 0)
-    assert report["hash_pairs"] == 2  # a–b and b–c, each once however many images share a hash
-    assert components([(5, 3), (3, 9), (7, 8)]) == {5: 3, 3: 3, 9: 3, 7: 7, 8: 7}
+    assert report["hash_pairs"] == report["candidate_pairs"] == 3  # a–b, b–c, c–d, each once however many images share a hash
+    assert stars([("a", "b"), ("b", "c"), ("c", "d"), ("x", "y")]) == {"b": "b", "a": "b", "c": "b", "d": "d", "x": "x", "y": "x"}
+
+
+@pytest.mark.parametrize("on", CLUSTERED_ON)
+def test_near_duplicate_candidates_need_the_fine_hash_to_agree(spark, on):
+    """Two images with the same 64-bit dHash but fine hashes far apart (two different photos sharing a coarse
+    hash, as a blank-ish pair does) are a candidate pair, not a cluster; within confirm_distance they are."""
+    far_fine = [0x0F0F_0F0F_0F0F_0F0F, 0x00FF_00FF_00FF_00FF, 0x3333_3333_3333_3333, 0x5555_5555_5555_5555]
+    rows = [_row("x0", 42, "x0.jpg", "train", [0, 0, 0, 0]), _row("x1", 42, "x1.jpg", "val", far_fine)]
+    assignment, report = _cluster_rows(spark, rows, on=on)
+    assert assignment == {} and report["candidate_pairs"] == 1 and report["hash_pairs"] == 0
+    assignment, report = _cluster_rows(spark, rows, on=on, overrides=["ingest.near_duplicates.confirm_distance=128"])
+    assert set(assignment) == {"x0", "x1"} and report["hash_pairs"] == 1
 
 
 @pytest.mark.parametrize("same_split", [True, False])
 def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, same_split):
-    """Random clusters of near hashes (some chained, some crossing splits, some with rows in the table, signed
-    hashes both sides of zero): the driver's clusters, splits and report are Spark's, and the driver's pairs
-    are every pair within the distance (all pairs compared)."""
-    from imgshards.ingest.near_duplicates import near_pairs
-
+    """Random clusters of near hashes (some chained, some crossing splits, some with rows in the table, some
+    rejected by their fine hash, signed hashes both sides of zero): the driver's clusters, splits and report are
+    Spark's, and the driver's pairs are every pair within the distances (all pairs compared)."""
     rng = random.Random(7)
     splits = ("train", "val", "test")
     live, rows = [], []
     for c in range(60):
         centre = rng.getrandbits(64)
         for m in range(rng.randint(1, 5)):
-            phash = centre ^ sum(1 << rng.randrange(64) for _ in range(rng.randint(0, 3)))
+            phash = centre
+            for _ in range(rng.randint(0, 6)):
+                phash ^= 1 << rng.randrange(64)
             phash = phash - 2**64 if phash >= 2**63 else phash  # as a signed long
-            row = (hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits))
+            fine = _fine(phash, inverted=rng.random() < 0.25)
+            row = _row(hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits), fine)
             (live if rng.random() < 0.3 else rows).append(row)
     overrides = [f"ingest.near_duplicates.same_split={str(same_split).lower()}"]
     on_driver = _cluster_rows(spark, rows, live, on="driver", overrides=overrides)
     in_spark = _cluster_rows(spark, rows, live, on="spark", overrides=overrides)
     assert on_driver == in_spark
-    assert on_driver[1]["clusters"] > 10 and on_driver[1]["hash_pairs"] > 10
-    assert on_driver[1]["crossing_splits"] > 0
-    hashes = {r[1] for r in live + rows}
-    new = {r[1] for r in rows}
-    every = {(min(a, b), max(a, b)) for a in new for b in hashes if a != b and imaging.hamming(a, b) <= 4}
-    assert near_pairs(new, hashes, 4) == every
+    report = on_driver[1]
+    assert report["clusters"] > 10 and report["hash_pairs"] > 10 and report["candidate_pairs"] > report["hash_pairs"]
+    assert report["crossing_splits"] > 0
+    settings = load_config(overrides=[]).ingest.near_duplicates
+    nodes = {node_key(r[1], r[2]): (r[1], r[2]) for r in live + rows}
+    new = {node_key(r[1], r[2]) for r in rows}
+    within = {(min(a, b), max(a, b)) for a in new for b in nodes
+              if a != b and imaging.hamming(nodes[a][0], nodes[b][0]) <= settings.max_distance}
+    confirmed, rejected = near_pairs(new, nodes, settings)
+    assert confirmed | rejected == within and not confirmed & rejected
+    assert confirmed == {p for p in within if imaging.fine_distance(nodes[p[0]][1], nodes[p[1]][1]) <= settings.confirm_distance}
 
 
 def test_near_duplicates_reported_when_not_moved(spark, tmp_path):
@@ -561,7 +591,7 @@ def test_probe_keeps_64_bit_hashes_exact_in_a_batch_with_a_failed_file():
     while len(photos) < 3:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-        phash = imaging.perceptual_hash(buffer.getvalue(), 10**8)
+        phash = imaging.fingerprint(buffer.getvalue(), 10**8).phash
         if float(phash) != phash:  # not representable as float64
             photos.append((buffer.getvalue(), phash))
     contents = [b"not an image"] + [content for content, _ in photos]

@@ -90,12 +90,44 @@ class LabelsConfig:
 @dataclass(frozen=True)
 class NearDuplicatesConfig:
     enabled: bool = True
-    max_distance: int = 4
+    max_distance: int = 7
+    confirm_distance: int = 96
     same_split: bool = True
 
     def validate(self) -> None:
         if not 0 <= self.max_distance <= 16:
             raise ConfigError(f"ingest.near_duplicates.max_distance must be in 0..16 bits, got {self.max_distance!r}")
+        if not 0 <= self.confirm_distance <= 256:
+            raise ConfigError("ingest.near_duplicates.confirm_distance must be in 0..256 bits, "
+                              f"got {self.confirm_distance!r}")
+
+
+# Quality signals an image can be flagged for (imgshards.ingest.quality), each with its threshold setting.
+QUALITY_SIGNALS = ("dark", "bright", "low_contrast", "blurry", "small", "odd_aspect")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    dark: float = 35.0
+    bright: float = 225.0
+    low_contrast: float = 10.0
+    blurry: float = 0.03
+    small: int = 64
+    odd_aspect: float = 3.0
+    quarantine: tuple = ()
+
+    def validate(self) -> None:
+        unknown = [s for s in self.quarantine if s not in QUALITY_SIGNALS]
+        if unknown:
+            raise ConfigError(f"ingest.quality.quarantine names unknown signals {unknown}; known: {list(QUALITY_SIGNALS)}")
+        if not 0 <= self.dark < self.bright <= 255:
+            raise ConfigError(f"ingest.quality.dark and bright must satisfy 0 <= dark < bright <= 255, "
+                              f"got {self.dark!r} and {self.bright!r}")
+        for name in ("low_contrast", "blurry", "small"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ingest.quality.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.odd_aspect < 1:
+            raise ConfigError(f"ingest.quality.odd_aspect must be >= 1 (long side over short side), got {self.odd_aspect!r}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +157,7 @@ class IngestConfig:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     group_regex: Optional[str] = None
     near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     missing: str = "keep"
     content: str = "copy"
     skip_unchanged: bool = True
@@ -134,6 +167,7 @@ class IngestConfig:
     def validate(self) -> None:
         self.labels.validate()
         self.near_duplicates.validate()
+        self.quality.validate()
         self.stream.validate()
         _check_regex("ingest.group_regex", self.group_regex, "group")
         if self.missing not in MISSING_POLICIES:

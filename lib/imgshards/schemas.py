@@ -1,7 +1,17 @@
 """One schema per table and per exported dataset, defined here and imported everywhere."""
 from __future__ import annotations
 
-from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 IMAGES_TABLE = "images"
 QUARANTINE_TABLE = "quarantine"
@@ -30,8 +40,15 @@ IMAGES_SCHEMA = StructType(
         StructField("ingested_at", TimestampType(), False),
         StructField("deleted_at", TimestampType(), True),
         StructField("run_id", StringType(), False),
+        # Added in format 2 (imgshards.imaging.fingerprint): an older table gets them, null on its rows.
+        StructField("phash_fine", ArrayType(LongType(), False), True),
+        StructField("brightness", FloatType(), True),
+        StructField("contrast", FloatType(), True),
+        StructField("sharpness", FloatType(), True),
     ]
 )
+# Columns added to `images` since its first release: added to a table that lacks them (null on its rows).
+IMAGES_ADDED_COLUMNS = ("phash_fine", "brightness", "contrast", "sharpness")
 
 # Delta table `quarantine`: one row per (path, stage) that could not be used, with a reason from
 # imaging.QUARANTINE_REASONS.

@@ -131,9 +131,9 @@ def _ensure_schema(spark: SparkSession, table: Table) -> None:
     _SCHEMAS_HERE.add(schema)
 
 
-def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> None:
-    """Create the Delta table empty with ``schema`` if it does not exist; fail naming the columns it lacks
-    where an older version wrote it."""
+def ensure_table(spark: SparkSession, table: TableLike, schema: StructType, added: tuple = ()) -> None:
+    """Create the Delta table empty with ``schema`` if it does not exist; where an older version wrote it, add
+    the ``added`` columns it lacks (null on its rows) and fail naming any other column it lacks."""
     t = as_table(table)
 
     def create() -> None:
@@ -158,6 +158,13 @@ def ensure_table(spark: SparkSession, table: TableLike, schema: StructType) -> N
 
     retry_on_conflict(f"creating {t}", create)  # two writers creating it at once: one wins, both go on
     missing = [name for name in schema.fieldNames() if name not in table_frame(spark, t).columns]
+    addable = [f for f in schema.fields if f.name in missing and f.name in added]
+    if addable and len(addable) == len(missing):
+        log.info("adding the columns %s to %s", [f.name for f in addable], t)
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in addable)
+        retry_on_conflict(f"adding columns to {t}", lambda: spark.sql(
+            f"ALTER TABLE {sql_name(t)} ADD COLUMNS ({columns})").collect())
+        missing = []
     if missing:
         raise TableVersionError(f"{t} was written by an older imgshards and lacks the columns {missing}; "
                                 f"move it aside (processed is remade from images by the next preprocess)")

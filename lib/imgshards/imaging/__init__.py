@@ -2,8 +2,8 @@
 
 The functions callers use are importable from here (``from imgshards import imaging``, then
 ``imaging.probe(...)``); they live in :mod:`.codecs` (probe, decode, orient, convert, resize, encode),
-:mod:`.geometry` (the resize modes' arithmetic) and :mod:`.phash` (perceptual hash). :mod:`.augment` draws
-offline augmentation's parameters and :mod:`.dali` runs the DALI graph; import those by name.
+:mod:`.geometry` (the resize modes' arithmetic) and :mod:`.fingerprint` (near-duplicate hashes and quality
+signals). :mod:`.augment` draws offline augmentation's parameters and :mod:`.dali` runs the DALI graph; import those by name.
 
 Every failure on bad data is an :class:`ImageError` whose ``reason`` comes from the fixed vocabulary in
 :data:`QUARANTINE_REASONS`, so a caller can turn it into a quarantine row.
@@ -26,12 +26,12 @@ from imgshards.imaging.codecs import (
     resize_to,
     to_rgb,
 )
+from imgshards.imaging.fingerprint import Fingerprint, fine_distance, fingerprint, hamming
 from imgshards.imaging.geometry import RESIZE_MODES, Geometry, center_crop_box, geometry
-from imgshards.imaging.phash import hamming, perceptual_hash
 
 __all__ = [
     "NPY_MAGIC", "OUTPUT_FORMATS", "QUARANTINE_REASONS", "REDUCING_GAP", "RESIZE_MODES", "SUPPORTED_FORMATS",
     "Geometry", "ImageError", "ImageInfo", "center_crop_box", "channel_histogram", "decode", "decode_rgb",
-    "encode", "geometry", "hamming", "perceptual_hash", "plain_rgb_jpeg_or_png", "probe", "process",
+    "Fingerprint", "encode", "fine_distance", "fingerprint", "geometry", "hamming", "plain_rgb_jpeg_or_png", "probe", "process",
     "resize_to", "to_rgb",
 ]

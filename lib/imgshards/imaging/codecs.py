@@ -29,6 +29,8 @@ QUARANTINE_REASONS = {
     "unreadable": "the file could not be read from storage",
     "changed_since_ingest": "ingest.content is reference and the source file's bytes no longer match its sha256",
     "unlabeled": "labels are required (ingest.labels.required) and none was found for the file",
+    "low_quality": "a quality signal is past its threshold and ingest.quality.quarantine names it (the detail says "
+                   "which)",
     "forgotten": "the file's content was removed for good by the forget job (the detail gives its reason)",
     # Decided from the listing of a local input, before anything is read:
     "name_not_utf8": "the file's name is not UTF-8, which Spark, Delta and object stores cannot hold (the path shown "

@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
+from imgshards.ingest import quality
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.forget import forgotten_contents
 from imgshards.ingest.labels import label_key
@@ -68,6 +69,7 @@ def ingest_batch(
             .withColumn("group_key", F.coalesce("file_group", "group_key"))
             .drop("label_key", "file_label", "file_group")
         )
+    probed = quality.quarantine(probed, ingest.quality)
     if ingest.labels.required:
         unlabeled = F.col("reason").isNull() & F.col("label").isNull()
         no_label = F.lit(f"no label from ingest.labels.source={ingest.labels.source}")

@@ -30,6 +30,8 @@ class IngestCounts:
     read_bytes: int = 0  # bytes of the image files read (files over max_bytes are never read)
     labels_report: dict = field(default_factory=dict)
     near_duplicates: dict = field(default_factory=dict)
+    # Images ingested or updated by this run that are flagged per quality signal (imgshards.ingest.quality).
+    quality: dict = field(default_factory=dict)
     # Rows of earlier runs retired because a file's verdict changed: table -> rows (see ingest.write).
     superseded: dict = field(default_factory=dict)
 
@@ -50,7 +52,8 @@ class IngestCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.quarantine_reasons = dict(sorted((Counter(self.quarantine_reasons) + Counter(other.quarantine_reasons)).items()))
         self.superseded = dict(sorted((Counter(self.superseded) + Counter(other.superseded)).items()))
-        for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates)):
+        for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates),
+                            (self.quality, other.quality)):
             for key, value in new.items():
                 if isinstance(value, list):
                     report[key] = (report.get(key, []) + value)[:EXAMPLES]

@@ -1,15 +1,21 @@
-"""Near-duplicate images by perceptual hash (64-bit dHash, imgshards.imaging.perceptual_hash), kept in one
-split so that a near-copy of a training image does not land in validation.
+"""Near-duplicate images, kept in one split so that a near-copy of a training image does not land in validation.
 
-Images with the same hash are one node, so a photo copied a thousand times costs one node, not half a
-million pairs. Nodes within a Hamming distance are found by a join on bit bands (no all-pairs comparison);
-only those hash pairs reach the driver, as two longs each, for a union-find. Everything per image (which
-cluster, which split, which clusters cross splits) is an aggregation in Spark.
+Two hashes per image (imgshards.imaging.fingerprint): images whose 64-bit dHashes are at most ``max_distance``
+bits apart are candidates, found by a join on bit bands (no all-pairs comparison); a candidate pair counts only
+when their 256-bit DCT hashes are at most ``confirm_distance`` bits apart, which tells a re-encoded, resized,
+slightly cropped or brightened copy from a different photo that happens to share a coarse hash. Images with the
+same two hashes are one node, so a photo copied a thousand times costs one node, not half a million pairs.
+
+Confirmed pairs never chain: a cluster is a centre and the nodes confirmed close to it (star clustering,
+the node with the most confirmed neighbours first), so every member is a near-duplicate of its centre and two
+unrelated photos cannot be joined through a chain of intermediate ones. Only the confirmed pairs reach the
+driver (two node keys each); everything per image (which cluster, which split, which clusters cross splits)
+is an aggregation in Spark.
 
 Up to DRIVER_MAX_IMAGES hashed images (the table's live rows and the new ones together) the same is done
 on the driver instead, after a bounded count and one collect: on a small run the distributed way is some
-sixteen Spark jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters, splits and
-report (tests/test_ingest.py runs every case through both)."""
+sixteen Spark jobs of a fraction of a second each for a few thousand rows. Both ways give the same clusters,
+splits and report (tests/test_ingest.py runs every case through both)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,76 +31,156 @@ from pyspark.sql import functions as F
 
 from imgshards.config import NearDuplicatesConfig
 from imgshards.delta import tables
-from imgshards.imaging import hamming
+from imgshards.imaging import fine_distance, hamming
 from imgshards.ingest.rules import EXAMPLES
 
 log = logging.getLogger(__name__)
 
-# At most this many hashed images (live and new) are clustered on the driver: some 400 bytes each there
-# (20 MB at the bound), and the band join's comparisons grow with the square of the distinct hashes (about
-# 1.5 million at 50,000 random hashes, a second here); beyond it, in Spark, over every core.
+# At most this many hashed images (live and new) are clustered on the driver: some 500 bytes each there
+# (25 MB at the bound); beyond it, in Spark, over every core.
 DRIVER_MAX_IMAGES = 50_000
-NO_CLUSTERS = {"clusters": 0, "images": 0, "hash_pairs": 0, "crossing_splits": 0, "crossing_examples": []}
+NO_CLUSTERS = {"clusters": 0, "images": 0, "candidate_pairs": 0, "hash_pairs": 0, "crossing_splits": 0,
+               "crossing_examples": []}
 
 
-def _bands(max_distance: int) -> list[tuple[int, int]]:
-    """(offset, width) of max_distance + 1 bit bands covering 64 bits: two hashes at most max_distance
-    bits apart agree on at least one whole band (pigeonhole), so a join on bands finds every pair."""
-    n = max_distance + 1
+def node_key(phash: int, fine: Iterable[int]) -> str:
+    """One string per pair of hashes, the same as :func:`_node` makes in Spark."""
+    return ":".join(str(v) for v in (phash, *fine))
+
+
+def _parse_node(key: str) -> tuple[int, tuple[int, ...]]:
+    phash, *fine = (int(v) for v in key.split(":"))
+    return phash, tuple(fine)
+
+
+def _node() -> F.Column:
+    """:func:`node_key` in Spark."""
+    return F.concat_ws(":", F.col("phash").cast("string"), F.array_join(F.col("phash_fine").cast("array<string>"), ":"))
+
+
+def _bands(max_distance: int) -> tuple[list[tuple[int, int]], int]:
+    """(offset, width) of the bit bands covering 64 bits, and how many bits a band may differ in: two hashes
+    at most max_distance bits apart differ in at most that many bits of one band (pigeonhole). One flipped bit
+    per band lets the bands be about twice as wide as exact bands would be, so that a random pair shares a
+    probed band value some hundred times less often (fewer pairs examined per image)."""
+    errors = 1 if max_distance >= 1 else 0
+    n = -(-(max_distance + 1) // (errors + 1))
     widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
     offsets = [sum(widths[:i]) for i in range(n)]
-    return list(zip(offsets, widths))
+    return list(zip(offsets, widths)), errors
 
 
-def _banded(hashes: DataFrame, max_distance: int) -> DataFrame:
-    bands = [
-        F.struct(F.lit(i).alias("band"),
-                 F.shiftright(F.col("phash"), offset).bitwiseAND(F.lit((1 << width) - 1).cast("long")).alias("value"))
-        for i, (offset, width) in enumerate(_bands(max_distance))
-    ]
-    return hashes.select("phash", F.explode(F.array(*bands)).alias("b")).select("phash", "b.band", "b.value")
+def _band_values(phash: int, max_distance: int, probe: bool) -> list[tuple[int, int]]:
+    """(band, value) of a hash (shifted as Spark shifts signed longs); with ``probe``, each value with every
+    one of its bits flipped too, as many as a band may differ in."""
+    bands, errors = _bands(max_distance)
+    out = []
+    for i, (offset, width) in enumerate(bands):
+        value = (phash >> offset) & ((1 << width) - 1)
+        out.append((i, value))
+        if probe and errors:
+            out += [(i, value ^ (1 << j)) for j in range(width)]
+    return out
 
 
-def hash_pairs(new: DataFrame, known: DataFrame, max_distance: int) -> DataFrame:
-    """Distinct hash pairs (a from ``new``, b from ``known``; a != b) at most ``max_distance`` bits apart.
-    Both frames have a ``phash`` column; each hash takes part once however many images share it."""
-    a = _banded(new.select("phash").distinct(), max_distance).alias("a")
-    b = _banded(known.select("phash").distinct(), max_distance).alias("b")
+def _tagged(values: F.Column, band: int) -> F.Column:
+    # A one-argument lambda: Spark's transform passes the element's index as a second argument.
+    return F.transform(values, lambda v: F.struct(F.lit(band).alias("band"), v.alias("value")))
+
+
+def _banded(nodes: DataFrame, max_distance: int, probe: bool) -> DataFrame:
+    """:func:`_band_values` in Spark: the rows of ``nodes`` exploded to (band, value)."""
+    bands, errors = _bands(max_distance)
+    parts = []
+    for i, (offset, width) in enumerate(bands):
+        value = F.shiftright(F.col("phash"), offset).bitwiseAND(F.lit((1 << width) - 1).cast("long"))
+        flips = range(width) if probe and errors else ()
+        values = F.array(value, *(value.bitwiseXOR(F.lit(1 << j if j < 63 else -(1 << 63)).cast("long")) for j in flips))
+        parts.append(_tagged(values, i))
+    return nodes.select("*", F.explode(F.flatten(F.array(*parts))).alias("b")).select("*", "b.band", "b.value").drop("b")
+
+
+def _fine_bits(a: str, b: str) -> F.Column:
+    return F.aggregate(F.zip_with(F.col(a), F.col(b), lambda x, y: F.bit_count(x.bitwiseXOR(y))), F.lit(0),
+                       lambda total, bits: total + bits)
+
+
+def node_pairs(new: DataFrame, known: DataFrame, settings: NearDuplicatesConfig) -> DataFrame:
+    """Distinct node pairs (a < b, node keys; one node from ``new``) whose dHashes are at most ``max_distance``
+    bits apart, with ``confirmed``: their fine hashes at most ``confirm_distance`` apart. Both frames have the
+    columns phash, phash_fine and node; each node takes part once however many images share it."""
+    columns = ["node", "phash", "phash_fine"]
+    a = _banded(new.select(*columns).distinct(), settings.max_distance, probe=True).alias("a")
+    b = _banded(known.select(*columns).distinct(), settings.max_distance, probe=False).alias("b")
     return (
         a.join(b, (F.col("a.band") == F.col("b.band")) & (F.col("a.value") == F.col("b.value"))
-               & (F.col("a.phash") != F.col("b.phash")))
-        .select(F.col("a.phash").alias("a"), F.col("b.phash").alias("b"))
-        .filter(F.expr(f"bit_count(a ^ b) <= {int(max_distance)}"))
-        .select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b"))
+               & (F.col("a.node") != F.col("b.node")))
+        .filter(F.bit_count(F.col("a.phash").bitwiseXOR(F.col("b.phash"))) <= settings.max_distance)
+        .select(F.least("a.node", "b.node").alias("a"), F.greatest("a.node", "b.node").alias("b"),
+                (_fine_bits("a.phash_fine", "b.phash_fine") <= settings.confirm_distance).alias("confirmed"))
         .distinct()
     )
 
 
-def components(pairs) -> dict:
-    """Union-find over hash pairs: {hash: the smallest hash of its component} for every hash in a pair."""
-    parent: dict = {}
+def near_pairs(new: Iterable[str], known: Iterable[str], settings: NearDuplicatesConfig,
+               examined: Optional[Counter] = None) -> tuple[set, set]:
+    """:func:`node_pairs` on the driver, over node keys: ({(a, b)} confirmed, {(a, b)} candidates not confirmed),
+    a < b. ``examined`` counts the pairs whose dHashes were compared (the cost of the candidate stage)."""
+    new, known = set(new), set(known)
+    parsed = {key: _parse_node(key) for key in new | known}
+    index = defaultdict(list)
+    for key in known:
+        for band in _band_values(parsed[key][0], settings.max_distance, probe=False):
+            index[band].append(key)
+    confirmed, rejected = set(), set()
+    for a in new:
+        (phash_a, fine_a), seen = parsed[a], set()
+        for band in _band_values(phash_a, settings.max_distance, probe=True):
+            for b in index.get(band, ()):
+                if b == a or b in seen:
+                    continue
+                seen.add(b)
+                phash_b, fine_b = parsed[b]
+                if hamming(phash_a, phash_b) <= settings.max_distance:
+                    pair = (min(a, b), max(a, b))
+                    (confirmed if fine_distance(fine_a, fine_b) <= settings.confirm_distance else rejected).add(pair)
+        if examined is not None:
+            examined["pairs"] += len(seen)
+    return confirmed, rejected
 
-    def find(x):
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
+def stars(pairs: Iterable[tuple[str, str]]) -> dict:
+    """{node: the centre of its cluster} for every node in a confirmed pair: the node with the most confirmed
+    neighbours (then the smallest) is a centre and takes its neighbours not yet taken, and so on. Every member
+    is confirmed close to its centre: no chains."""
+    neighbours: dict = defaultdict(set)
     for a, b in pairs:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in list(parent)}
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    centre: dict = {}
+    for node in sorted(neighbours, key=lambda n: (-len(neighbours[n]), n)):
+        if node not in centre:
+            centre[node] = node
+            for other in sorted(neighbours[node]):
+                centre.setdefault(other, node)
+    return centre
 
 
-def _with_components(spark: SparkSession, members: DataFrame, roots: dict) -> DataFrame:
-    """``members`` with ``comp``: the component of its hash (the hash itself when it is in no pair)."""
-    if not roots:
-        return members.withColumn("comp", F.col("phash"))
-    root_map = F.broadcast(spark.createDataFrame(list(roots.items()), "phash long, root long"))
-    return (members.join(root_map, "phash", "left")
-            .withColumn("comp", F.coalesce(F.col("root"), F.col("phash"))).drop("root"))
+def _centres(confirmed: set, settings: NearDuplicatesConfig) -> dict:
+    """:func:`stars` over the confirmed pairs found for the new nodes and those among the nodes they touch
+    (pairs between two rows already in the table are not looked for in the table, only among these)."""
+    touched = {n for pair in confirmed for n in pair}
+    among, _ = near_pairs(touched, touched, settings)
+    return stars(confirmed | among)
+
+
+def _with_components(spark: SparkSession, members: DataFrame, centres: dict) -> DataFrame:
+    """``members`` with ``comp``: the centre of its node's cluster (the node itself when it is in none)."""
+    if not centres:
+        return members.withColumn("comp", F.col("node"))
+    centre_map = F.broadcast(spark.createDataFrame(list(centres.items()), "node string, centre string"))
+    return (members.join(centre_map, "node", "left")
+            .withColumn("comp", F.coalesce(F.col("centre"), F.col("node"))).drop("centre"))
 
 
 def _summary(members: DataFrame, same_split: bool) -> DataFrame:
@@ -147,9 +233,10 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
     themselves or the ``live`` rows (None when none have), and the report: clusters, the new images in them,
     hash pairs, clusters crossing splits. The frame is valid inside the ``with`` block, which caches the
     cluster table it is joined to. Up to ``driver_max`` hashed images are clustered on the driver."""
-    columns = ["sha256", "phash", "path", "split"]
-    new = accepted.filter(F.col("phash").isNotNull()).select(*columns)
-    members = (live.filter(F.col("phash").isNotNull()).select(*columns, F.lit(True).alias("existing"))
+    columns = ["sha256", "phash", "phash_fine", "path", "split"]
+    hashed = F.col("phash").isNotNull() & F.col("phash_fine").isNotNull()  # rows of an older table lack phash_fine
+    new = accepted.filter(hashed).select(*columns).withColumn("node", _node())
+    members = (live.filter(hashed).select(*columns).withColumn("node", _node()).withColumn("existing", F.lit(True))
                .unionByName(new.withColumn("existing", F.lit(False))))
     rows = _bounded_collect(members, driver_max)
     if rows is not None:
@@ -168,32 +255,14 @@ def _bounded_collect(frame: DataFrame, bound: int) -> Optional[list]:
     return frame.collect()
 
 
-def near_pairs(new: Iterable[int], known: Iterable[int], max_distance: int) -> set:
-    """:func:`hash_pairs` on the driver: {(smaller, larger)} of distinct hashes at most ``max_distance`` bits
-    apart, one from ``new``, by the same bit bands (signed 64-bit values, shifted as Spark shifts them)."""
-    new, known = set(new), set(known)
-    pairs = set()
-    for offset, width in _bands(max_distance):
-        mask = (1 << width) - 1
-        index = defaultdict(list)
-        for h in known:
-            index[(h >> offset) & mask].append(h)
-        for a in new:
-            for b in index.get((a >> offset) & mask, ()):
-                if a != b and hamming(a, b) <= max_distance:
-                    pairs.add((min(a, b), max(a, b)))
-    return pairs
-
-
 def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) -> tuple[Optional[DataFrame], dict]:
-    """What :func:`_in_spark` finds, from the collected members (sha256, phash, path, split, existing):
+    """What :func:`_in_spark` finds, from the collected members (sha256, node, path, split, existing):
     :func:`_summary`'s rules, one cluster at a time."""
-    new_hashes = (r["phash"] for r in rows if not r["existing"])
-    pairs = near_pairs(new_hashes, (r["phash"] for r in rows), settings.max_distance)
-    roots = components(pairs)
+    confirmed, rejected = near_pairs((r["node"] for r in rows if not r["existing"]), (r["node"] for r in rows), settings)
+    centres = _centres(confirmed, settings)
     by_comp = defaultdict(list)
     for r in rows:
-        by_comp[roots.get(r["phash"], r["phash"])].append(r)
+        by_comp[centres.get(r["node"], r["node"])].append(r)
     assigned, crossing, found = [], [], 0
     for members in by_comp.values():
         new = [r for r in members if not r["existing"]]
@@ -209,7 +278,7 @@ def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) 
         if len(splits) > 1:
             crossing.append({"cluster": cluster, "splits": sorted(splits),
                              "paths": sorted(r["path"] for r in members)[:EXAMPLES]})
-    report = {**NO_CLUSTERS, "hash_pairs": len(pairs)}
+    report = {**NO_CLUSTERS, "candidate_pairs": len(confirmed) + len(rejected), "hash_pairs": len(confirmed)}
     if not found:
         return None, report
     crossing.sort(key=lambda c: c["cluster"])
@@ -226,17 +295,22 @@ def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) 
 @contextlib.contextmanager
 def _in_spark(spark: SparkSession, settings: NearDuplicatesConfig, new: DataFrame,
               members: DataFrame) -> Iterator[tuple[Optional[DataFrame], dict]]:
-    """The clusters of any number of images: hash pairs by a join on bit bands (only those collected),
-    every per-image decision an aggregation."""
-    # The hash pairs are all that is collected: they grow with the near-but-not-identical hashes, not with
-    # the images (identical hashes, as pixel-identical copies have, are one node).
-    pairs = [(r["a"], r["b"]) for r in hash_pairs(new, members, settings.max_distance).collect()]
-    members = _with_components(spark, members, components(pairs))
+    """The clusters of any number of images: node pairs by a join on bit bands (only the confirmed ones
+    collected), every per-image decision an aggregation."""
+    # The confirmed pairs are all that is collected: they grow with the near-but-not-identical images, not
+    # with all images (identical hashes, as pixel-identical copies have, are one node).
+    pairs = node_pairs(new, members, settings).groupBy("confirmed").agg(
+        F.count(F.lit(1)).alias("n"), F.collect_list(F.when(F.col("confirmed"), F.array("a", "b"))).alias("pairs"))
+    candidates, confirmed = 0, set()
+    for r in pairs.collect():
+        candidates += r["n"]
+        confirmed |= {(a, b) for a, b in r["pairs"]}
+    members = _with_components(spark, members, _centres(confirmed, settings))
     summary = _summary(members, settings.same_split).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found, crossing, images = summary.agg(F.count(F.lit(1)), F.count(F.when(F.col("crossing"), 1)), F.sum("new")).head()
         if not found:
-            yield None, {**NO_CLUSTERS, "hash_pairs": len(pairs)}
+            yield None, {**NO_CLUSTERS, "candidate_pairs": candidates, "hash_pairs": len(confirmed)}
             return
         examples = []
         if crossing:
@@ -245,7 +319,7 @@ def _in_spark(spark: SparkSession, settings: NearDuplicatesConfig, new: DataFram
         split = F.col("target") if settings.same_split else F.col("split")
         assigned = (members.filter(~F.col("existing")).join(summary, "comp")
                     .select("sha256", F.col("cluster").alias("near_dup_cluster"), split.alias("cluster_split")))
-        yield assigned, {"clusters": found, "images": images, "hash_pairs": len(pairs),
+        yield assigned, {"clusters": found, "images": images, "candidate_pairs": candidates, "hash_pairs": len(confirmed),
                          "crossing_splits": crossing, "crossing_examples": examples}
     finally:
         summary.unpersist()

@@ -13,7 +13,17 @@ import pandas as pd
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, IntegerType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    ArrayType,
+    BinaryType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from imgshards import imaging
 from imgshards.config import LabelsConfig, PipelineConfig
@@ -49,6 +59,10 @@ PROBED_SCHEMA = StructType(
         StructField("width", IntegerType(), True),
         StructField("height", IntegerType(), True),
         StructField("phash", LongType(), True),
+        StructField("phash_fine", ArrayType(LongType(), False), True),
+        StructField("brightness", FloatType(), True),
+        StructField("contrast", FloatType(), True),
+        StructField("sharpness", FloatType(), True),
         # CRC32 of the bytes the probe hashed, when the bytes are kept (ingest.content=copy): the check
         # that the bytes read again to write are the same (see _write_rows). Not a table column.
         StructField("crc32", LongType(), True),
@@ -101,7 +115,7 @@ def probe_batches(
     batches: Iterator[pd.DataFrame], *, base: str, max_pixels: int, labels: LabelsConfig,
     group_regex: Optional[str], phash: bool, done=None, max_bytes: int = 2**31 - 1, crc32: bool = False,
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: sha256, header probe (+ perceptual hash, + ``crc32`` of the bytes) per file; errors
+    """mapInPandas body: sha256, header probe (+ hashes and quality signals, + ``crc32`` of the bytes) per file; errors
     become reason/detail. Batches of (path, length) are local files this worker reads itself; batches with
     content come from the JVM's reader (object stores). Returns metadata only: the bytes are read again when
     the table is written."""
@@ -127,7 +141,9 @@ def probe_batches(
                 info = imaging.probe(content, max_pixels)
                 row.update(format=info.format, width=info.width, height=info.height)
                 if phash:
-                    row["phash"] = imaging.perceptual_hash(content, max_pixels)
+                    found = imaging.fingerprint(content, max_pixels)
+                    row.update(phash=found.phash, phash_fine=list(found.fine), brightness=found.brightness,
+                               contrast=found.contrast, sharpness=found.sharpness)
             except imaging.ImageError as e:
                 row.update(reason=e.reason, detail=e.detail)
             rows.append(row)

@@ -16,7 +16,7 @@ from pyspark.sql.types import BinaryType, StructField, StructType
 
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
-from imgshards.ingest import near_duplicates
+from imgshards.ingest import near_duplicates, quality
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.read import INGEST_STAGE, with_local_contents
 from imgshards.ingest.rules import EXAMPLES, split_column, split_key_column
@@ -24,6 +24,7 @@ from imgshards.ingest.state import TRANSIENT_REASONS
 from imgshards.schemas import (
     DUPLICATES_SCHEMA,
     DUPLICATES_TABLE,
+    IMAGES_ADDED_COLUMNS,
     IMAGES_SCHEMA,
     IMAGES_TABLE,
     QUARANTINE_CHANGED,
@@ -40,7 +41,7 @@ _INGEST_TABLES = ((IMAGES_TABLE, IMAGES_SCHEMA), (QUARANTINE_TABLE, QUARANTINE_S
 
 def ensure_tables(spark: SparkSession, config: PipelineConfig) -> None:
     for name, schema in _INGEST_TABLES:
-        tables.ensure_table(spark, config.table(name), schema)
+        tables.ensure_table(spark, config.table(name), schema, IMAGES_ADDED_COLUMNS if name == IMAGES_TABLE else ())
 
 
 def quarantine_rows(spark, probed: DataFrame, oversized: DataFrame, rejected, run_id: str) -> DataFrame:
@@ -97,7 +98,7 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
     ingest = config.ingest
     now = F.current_timestamp()
     images_table = config.table(IMAGES_TABLE)
-    tables.ensure_table(spark, images_table, IMAGES_SCHEMA)
+    tables.ensure_table(spark, images_table, IMAGES_SCHEMA, IMAGES_ADDED_COLUMNS)
     # Pinned to the version read: a write into the table makes Spark recompute the cached plans over it, and
     # the classification (which the later writes are joined to) must not change under them.
     table = tables.at_version(spark, images_table, tables.latest_version(spark, images_table))
@@ -116,6 +117,8 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
         counts.updated, counts.ingested = buckets["updated"], buckets["ingested"]
         counts.check()
         accepted = classified.filter(F.col("bucket").isin(*BUCKETS_WRITTEN))
+        if counts.ingested + counts.updated:
+            counts.quality = quality.counts(accepted, ingest.quality)
         if ingest.labels.source != "none":
             examples = accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect() if unlabeled else []
             counts.labels_report.update(files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
@@ -220,7 +223,8 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
     images = images.select(
         "path", "label", "content", "sha256", "size_bytes", "format", "width", "height", "split", "group_key",
         "phash", "near_dup_cluster", F.current_timestamp().alias("ingested_at"),
-        F.lit(None).cast("timestamp").alias("deleted_at"), F.lit(run_id).alias("run_id"), "bucket",
+        F.lit(None).cast("timestamp").alias("deleted_at"), F.lit(run_id).alias("run_id"),
+        "phash_fine", "brightness", "contrast", "sharpness", "bucket",
     )
     # Keyed on path: a changed file replaces its row (the old content stays reachable by time travel); a
     # file that comes back after being marked deleted is live again. New paths go through Delta's

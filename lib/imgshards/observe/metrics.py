@@ -89,6 +89,10 @@ def build_registry(summary: dict) -> CollectorRegistry:
         gauge("near_duplicate_clusters", "Near-duplicate clusters found by this run").set(clusters.get("clusters", 0))
         gauge("near_duplicate_clusters_crossing_splits", "Of those, clusters whose images sit in several splits").set(
             clusters.get("crossing_splits", 0))
+        flagged = counter("quality_flagged_images", "Images ingested by this run past a quality threshold, by signal",
+                          ["signal"])
+        for signal, n in (ingest.get("quality") or {}).items():
+            flagged.labels(signal).inc(n)
         read.labels("ingest").inc(ingest["read_bytes"])
 
     pre = summary.get("preprocess")
