@@ -86,6 +86,7 @@ def test_ingest_accounts_for_every_file(spark, pipeline_run, dataset, config):
     assert ingest.seen == len(files) == manifest.files
     assert ingest.ingested == manifest.images
     assert ingest.duplicates == manifest.duplicates
+    assert ingest.label_conflicts.get("duplicate") == manifest.label_conflicts
     assert ingest.quarantined == len(manifest.damaged)
     assert ingest.skipped_hidden == manifest.hidden
     assert ingest.skipped_non_image == manifest.non_image
@@ -222,7 +223,7 @@ def test_pipeline_rerun_commits_nothing_and_keeps_the_export_until_something_cha
     assert not changed["export"]["kept"] and changed["export"]["version_dir"].endswith("v-changed")
     assert sum(changed["export"]["rows"].values()) == sum(first["export"]["rows"].values()) + 1
     assert run_state.load(spark, own, "report")["versions"] == {
-        **{name: latest_version(spark, own.table(name).path) for name in names}, "forgotten": None}
+        **{name: latest_version(spark, own.table(name).path) for name in (*names, "label_conflicts")}, "forgotten": None}
 
 
 def test_batches_are_bounded_by_bytes_and_pixels():

@@ -47,7 +47,7 @@ def test_forget_removes_an_image_everywhere_and_refuses_it_later(spark, tmp_path
     run_preprocess(spark, config, "r1")
     first_export = run_export(spark, config, "e1")
     assert gone in exported_sha256s(os.path.join(config.output, first_export.version_dir))
-    for name in ("images", "duplicates", "processed"):
+    for name in ("images", "duplicates", "processed", "label_conflicts"):  # the copy under dogs is a conflict
         assert gone in sha256s_in_table_files(config.table(name).path), name
 
     def forget(*argv: str, run_id: str) -> dict:  # the job, in this session
@@ -55,10 +55,10 @@ def test_forget_removes_an_image_everywhere_and_refuses_it_later(spark, tmp_path
 
     summary = forget("--path", f"{raw}/cats/a.jpg", "--reason", "takedown #1", run_id="f1")
     assert summary["contents"] == 1 and summary["newly_forgotten"] == 1
-    assert summary["removed_rows"] == {"images": 1, "duplicates": 1, "processed": 1}
-    assert set(summary["vacuumed_files"]) == {"images", "duplicates", "processed"}
+    assert summary["removed_rows"] == {"images": 1, "duplicates": 1, "processed": 1, "label_conflicts": 1}
+    assert set(summary["vacuumed_files"]) == {"images", "duplicates", "processed", "label_conflicts"}
     assert summary["exports_holding"] == [os.path.basename(first_export.version_dir)]
-    for name in ("images", "duplicates", "processed"):
+    for name in ("images", "duplicates", "processed", "label_conflicts"):
         assert gone not in sha256s_in_table_files(config.table(name).path), name
     assert table(spark, config, "images").count() == 4
     [blocked] = table(spark, config, "forgotten").collect()

@@ -334,7 +334,7 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     assert listed_files(spark, {}).collect() == []
 
 
-ND_COLUMNS = "sha256 string, phash long, phash_fine array<long>, path string, split string"
+ND_COLUMNS = "sha256 string, phash long, phash_fine array<long>, path string, split string, label string"
 
 
 def _fine(phash: int, inverted: bool = False) -> list:
@@ -343,8 +343,8 @@ def _fine(phash: int, inverted: bool = False) -> list:
     return [phash, phash, ~phash if inverted else phash, ~phash if inverted else phash]
 
 
-def _row(sha, phash, path, split, fine=None):
-    return (sha, phash, _fine(phash) if fine is None else fine, path, split)
+def _row(sha, phash, path, split, fine=None, label=None):
+    return (sha, phash, _fine(phash) if fine is None else fine, path, split, label)
 
 
 # Clustering on the driver (up to near_duplicates.DRIVER_MAX_IMAGES) and in Spark (beyond it): every case
@@ -353,12 +353,13 @@ CLUSTERED_ON = {"driver": near_duplicates.DRIVER_MAX_IMAGES, "spark": 0}
 
 
 def _cluster_rows(spark, rows, live=(), *, on="driver", overrides=()):
-    """near_duplicates.clusters over accepted ``rows`` and ``live`` rows: ({sha256: (cluster, split)}, report)."""
+    """near_duplicates.clusters over accepted ``rows`` and ``live`` rows:
+    ({sha256: (cluster, split, cluster_label, label_example)}, report)."""
     settings = load_config(overrides=list(overrides)).ingest.near_duplicates
     with near_duplicates.clusters(spark, settings, spark.createDataFrame(rows, ND_COLUMNS),
                                   spark.createDataFrame(list(live), ND_COLUMNS),
                                   driver_max=CLUSTERED_ON[on]) as (assigned, report):
-        found = {} if assigned is None else {r[0]: (r[1], r[2]) for r in assigned.collect()}
+        found = {} if assigned is None else {r[0]: tuple(r[1:]) for r in assigned.collect()}
     return found, report
 
 
@@ -379,7 +380,7 @@ def test_near_duplicate_clusters_split_in_the_configured_proportions(spark, on):
     assert report["hash_pairs"] == 0  # identical hashes are one node: no pair among the 13 copies
     assert len(assignment) == 5200
     clusters: dict = {}
-    for cluster, target in assignment.values():
+    for cluster, target, *_ in assignment.values():
         clusters.setdefault(cluster, set()).add(target)
     assert len(clusters) == 400 and all(len(t) == 1 for t in clusters.values())
     shares = {name: sum(t == {name} for t in clusters.values()) / len(clusters) for name in ("train", "val", "test")}
@@ -393,12 +394,14 @@ def test_near_duplicate_clusters_do_not_chain_and_keep_the_tables_split(spark, o
     rows in the table takes their most common split; the cluster id is the smallest sha256 among its members,
     table rows included; a hash far from all others is no cluster."""
     a, b, c, d, far = 0, 0b11111, 0b11111 | (0b11111 << 8), 0b11111 | (0b11111 << 8) | (0b11111 << 16), -1
-    live = [_row("0000", a, "old/a1.jpg", "val"), _row("0001", a, "old/a2.jpg", "val"),
-            _row("0002", far, "old/far.jpg", "train")]
-    rows = [_row("b0", b, "new/b0.jpg", "train"), _row("b1", b, "new/b1.jpg", "test"), _row("c0", c, "new/c0.jpg", "train"),
-            _row("d0", d, "new/d0.jpg", "val"), _row("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
+    live = [_row("0000", a, "old/a1.jpg", "val", label="bee"), _row("0001", a, "old/a2.jpg", "val", label="ant"),
+            _row("0002", far, "old/far.jpg", "train", label="ant")]
+    rows = [_row("b0", b, "new/b0.jpg", "train", label="ant"), _row("b1", b, "new/b1.jpg", "test", label="bee"),
+            _row("c0", c, "new/c0.jpg", "train", label="ant"), _row("d0", d, "new/d0.jpg", "val"),
+            _row("lone", 0x5555_5555_5555_5555, "new/lone.jpg", "train")]
     assignment, report = _cluster_rows(spark, rows, live, on=on)
-    assert assignment == {"b0": ("0000", "val"), "b1": ("0000", "val"), "c0": ("0000", "val")}
+    # the cluster's label is the most common one (ant: a2, b0, c0), with the first path (in order) that has it
+    assert assignment == {sha: ("0000", "val", "ant", "new/b0.jpg") for sha in ("b0", "b1", "c0")}
     assert (report["clusters"], report["images"], report["crossing_splits"]) == (1, 3, 0)
     assert report["hash_pairs"] == report["candidate_pairs"] == 3  # a–b, b–c, c–d, each once however many images share a hash
     assert stars([("a", "b"), ("b", "c"), ("c", "d"), ("x", "y")]) == {"b": "b", "a": "b", "c": "b", "d": "d", "x": "x", "y": "x"}
@@ -432,7 +435,8 @@ def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, 
                 phash ^= 1 << rng.randrange(64)
             phash = phash - 2**64 if phash >= 2**63 else phash  # as a signed long
             fine = _fine(phash, inverted=rng.random() < 0.25)
-            row = _row(hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits), fine)
+            row = _row(hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits), fine,
+                       rng.choice(("ant", "bee", None)))
             (live if rng.random() < 0.3 else rows).append(row)
     overrides = [f"ingest.near_duplicates.same_split={str(same_split).lower()}"]
     on_driver = _cluster_rows(spark, rows, live, on="driver", overrides=overrides)

@@ -18,7 +18,7 @@ PACKAGE = os.path.join(ROOT, "lib", "imgshards")
 # the stages, the pipeline's order: a stage never imports a later stage.
 LAYERS = [
     {"imaging"},
-    {"config", "schemas", "manifest", "session", "sample", "__init__"},
+    {"config", "schemas", "quality", "manifest", "session", "sample", "__init__"},
     {"io"},
     {"delta", "runtime", "observe", "train"},
     {"ingest"},

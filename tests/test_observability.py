@@ -138,7 +138,10 @@ def test_pushgateway_holds_the_run_summary(pipeline_run, pushgateway):
         else:
             assert value("imgshards_delta_table_version", table=table) == version >= 0
     assert {t for t, v in summary["delta_versions"].items() if v is not None} == {
-        "images", "quarantine", "duplicates", "processed"}
+        "images", "quarantine", "duplicates", "processed", "label_conflicts"}  # the sample has a misfiled copy
+    assert value("imgshards_label_conflicts_total", kind="duplicate") == ingest["label_conflicts"]["duplicate"] == 1
+    for signal, n in ingest["quality"].items():
+        assert value("imgshards_quality_flagged_images_total", signal=signal) == n
     assert value("imgshards_run_ok") == 1
     assert abs(value("imgshards_last_success_timestamp_seconds") - time.time()) < 600
 
@@ -293,7 +296,14 @@ def test_report_opens_in_headless_chromium_with_the_summary_counts(pipeline_run,
         assert counts[f"rows-{split}"] == rows
     assert counts["source-version"] == summary["export"]["source_version"]
     assert counts["clusters"] == ingest["near_duplicates"]["clusters"]
-    for section in ("Every file's fate", "Classes and splits", "Near-duplicates", "Processed samples",
+    assert counts["quality-measured"] == ingest["ingested"]
+    for signal, n in ingest["quality"].items():
+        assert counts[f"quality-{signal}"] == n
+    conflicts = ingest["label_conflicts"]
+    assert conflicts["duplicate"] == 1  # the sample's misfiled copy
+    assert counts["label-conflicts"] == conflicts["duplicate"] + conflicts.get("near_duplicate", 0)
+    for section in ("Every file's fate", "Classes and splits", "Near-duplicates", "Label conflicts", "Image quality",
+                    "Processed samples",
                     "Augmented copies beside their parent", "Lineage", "normalization"):
         assert section in page["text"]
     for reason in ingest["quarantine_reasons"]:

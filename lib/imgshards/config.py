@@ -51,6 +51,7 @@ FOLLOW_LINKS = ("within_input", "all", "none")
 # copy: images.content holds the file's bytes; reference: only its path, sha256 and header fields (the
 # source stays where it is and preprocess reads it by path, checking the sha256).
 CONTENT_MODES = ("copy", "reference")
+LABEL_CONFLICT_POLICIES = ("report", "majority")
 
 
 def _check_regex(key: str, pattern: Optional[str], group: str) -> None:
@@ -102,7 +103,7 @@ class NearDuplicatesConfig:
                               f"got {self.confirm_distance!r}")
 
 
-# Quality signals an image can be flagged for (imgshards.ingest.quality), each with its threshold setting.
+# Quality signals an image can be flagged for (imgshards.quality), each with its threshold setting.
 QUALITY_SIGNALS = ("dark", "bright", "low_contrast", "blurry", "small", "odd_aspect")
 
 
@@ -158,6 +159,7 @@ class IngestConfig:
     group_regex: Optional[str] = None
     near_duplicates: NearDuplicatesConfig = field(default_factory=NearDuplicatesConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    label_conflicts: str = "report"
     missing: str = "keep"
     content: str = "copy"
     skip_unchanged: bool = True
@@ -174,6 +176,9 @@ class IngestConfig:
             raise ConfigError(f"ingest.missing must be one of {list(MISSING_POLICIES)}, got {self.missing!r}")
         if self.content not in CONTENT_MODES:
             raise ConfigError(f"ingest.content must be one of {list(CONTENT_MODES)}, got {self.content!r}")
+        if self.label_conflicts not in LABEL_CONFLICT_POLICIES:
+            raise ConfigError(f"ingest.label_conflicts must be one of {list(LABEL_CONFLICT_POLICIES)}, "
+                              f"got {self.label_conflicts!r}")
         if self.follow_links not in FOLLOW_LINKS:
             raise ConfigError(f"ingest.follow_links must be one of {list(FOLLOW_LINKS)}, got {self.follow_links!r}")
         if not self.extensions:

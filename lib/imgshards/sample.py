@@ -27,6 +27,7 @@ class SampleManifest:
     root: str
     images: int = 0
     duplicates: int = 0
+    label_conflicts: int = 0  # of the duplicates, those under another class than the copy kept
     damaged: dict = field(default_factory=dict)  # relative path -> expected quarantine reason
     hidden: int = 0
     non_image: int = 0
@@ -137,6 +138,13 @@ def make_sample_dataset(root: str, per_class: int = 80, seed: int = 0) -> Sample
             data = f.read()
         _write(root, f"{source.split('/')[0]}/copy_of_{i}_{os.path.basename(source)}", data)
         manifest.duplicates += 1
+    # An exact duplicate filed under another class: a duplicate, and a label conflict.
+    source = written[0]
+    other = next(label for label in CLASSES if label != source.split("/")[0])
+    with open(os.path.join(root, source), "rb") as f:
+        _write(root, f"{other}/misfiled_{os.path.basename(source)}", f.read())
+    manifest.duplicates += 1
+    manifest.label_conflicts += 1
     # Damaged files, each with the reason the pipeline must give.
     jpeg = io.BytesIO()
     draw_shape("circle", 320, 240, rng).save(jpeg, format="JPEG", quality=90)

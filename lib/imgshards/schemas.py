@@ -18,7 +18,8 @@ QUARANTINE_TABLE = "quarantine"
 DUPLICATES_TABLE = "duplicates"
 PROCESSED_TABLE = "processed"
 FORGOTTEN_TABLE = "forgotten"
-TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE, FORGOTTEN_TABLE)
+LABEL_CONFLICTS_TABLE = "label_conflicts"
+TABLES = (IMAGES_TABLE, QUARANTINE_TABLE, DUPLICATES_TABLE, PROCESSED_TABLE, FORGOTTEN_TABLE, LABEL_CONFLICTS_TABLE)
 
 SPLITS = ("train", "val", "test")
 
@@ -75,6 +76,22 @@ DUPLICATES_SCHEMA = StructType(
         StructField("path", StringType(), False),
         StructField("sha256", StringType(), False),
         StructField("duplicate_of", StringType(), False),
+        StructField("detected_at", TimestampType(), False),
+        StructField("run_id", StringType(), False),
+    ]
+)
+
+# Delta table `label_conflicts`: files whose label differs from that of the same content (``kind`` duplicate:
+# ``other_path`` holds the content already) or of their near-duplicate cluster (near_duplicate: ``other_label`` is
+# the label most of the cluster has, ``other_path`` the first path with it). Keyed on path.
+LABEL_CONFLICTS_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("kind", StringType(), False),
+        StructField("other_path", StringType(), True),
+        StructField("other_label", StringType(), True),
+        StructField("sha256", StringType(), False),
         StructField("detected_at", TimestampType(), False),
         StructField("run_id", StringType(), False),
     ]

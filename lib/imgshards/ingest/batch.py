@@ -12,9 +12,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from imgshards import quality
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
-from imgshards.ingest import quality
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.forget import forgotten_contents
 from imgshards.ingest.labels import label_key

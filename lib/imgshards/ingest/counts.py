@@ -30,8 +30,10 @@ class IngestCounts:
     read_bytes: int = 0  # bytes of the image files read (files over max_bytes are never read)
     labels_report: dict = field(default_factory=dict)
     near_duplicates: dict = field(default_factory=dict)
-    # Images ingested or updated by this run that are flagged per quality signal (imgshards.ingest.quality).
+    # Images ingested or updated by this run that are flagged per quality signal (imgshards.quality).
     quality: dict = field(default_factory=dict)
+    # Files under another label than their content's or their cluster's, by kind, with examples.
+    label_conflicts: dict = field(default_factory=dict)
     # Rows of earlier runs retired because a file's verdict changed: table -> rows (see ingest.write).
     superseded: dict = field(default_factory=dict)
 
@@ -53,7 +55,7 @@ class IngestCounts:
         self.quarantine_reasons = dict(sorted((Counter(self.quarantine_reasons) + Counter(other.quarantine_reasons)).items()))
         self.superseded = dict(sorted((Counter(self.superseded) + Counter(other.superseded)).items()))
         for report, new in ((self.labels_report, other.labels_report), (self.near_duplicates, other.near_duplicates),
-                            (self.quality, other.quality)):
+                            (self.quality, other.quality), (self.label_conflicts, other.label_conflicts)):
             for key, value in new.items():
                 if isinstance(value, list):
                     report[key] = (report.get(key, []) + value)[:EXAMPLES]

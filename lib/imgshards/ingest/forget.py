@@ -30,6 +30,7 @@ from imgshards.schemas import (
     FORGOTTEN_SCHEMA,
     FORGOTTEN_TABLE,
     IMAGES_TABLE,
+    LABEL_CONFLICTS_TABLE,
     PROCESSED_TABLE,
     QUARANTINE_TABLE,
 )
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The tables an image's rows are removed from, each with the column that names one row for the MERGE.
 HOLDING_TABLES = ((IMAGES_TABLE, "path"), (DUPLICATES_TABLE, "path"), (QUARANTINE_TABLE, "path"),
-                  (PROCESSED_TABLE, "sha256"))
+                  (PROCESSED_TABLE, "sha256"), (LABEL_CONFLICTS_TABLE, "path"))
 # Delta refuses a VACUUM retention below this unless its check is turned off for the command.
 DELTA_DEFAULT_RETENTION_HOURS = 168
 
@@ -84,6 +85,8 @@ def remove(spark: SparkSession, config: PipelineConfig, paths: DataFrame, sha256
         doomed = frame.join(sha256s, "sha256", "left_semi")
         if "path" in frame.columns:
             doomed = doomed.union(frame.join(paths, "path", "left_semi"))
+        if "other_path" in frame.columns:  # a label conflict that names a removed file
+            doomed = doomed.union(frame.join(paths.withColumnRenamed("path", "other_path"), "other_path", "left_semi"))
         doomed = doomed.select(key).distinct().persist()
         try:
             n = doomed.count()

@@ -8,7 +8,8 @@ same two hashes are one node, so a photo copied a thousand times costs one node,
 
 Confirmed pairs never chain: a cluster is a centre and the nodes confirmed close to it (star clustering,
 the node with the most confirmed neighbours first), so every member is a near-duplicate of its centre and two
-unrelated photos cannot be joined through a chain of intermediate ones. Only the confirmed pairs reach the
+unrelated photos cannot be joined through a chain of intermediate ones. Pairs are looked for between each new
+node and every node; two rows already in the table are not paired again. Only the confirmed pairs reach the
 driver (two node keys each); everything per image (which cluster, which split, which clusters cross splits)
 is an aggregation in Spark.
 
@@ -166,14 +167,6 @@ def stars(pairs: Iterable[tuple[str, str]]) -> dict:
     return centre
 
 
-def _centres(confirmed: set, settings: NearDuplicatesConfig) -> dict:
-    """:func:`stars` over the confirmed pairs found for the new nodes and those among the nodes they touch
-    (pairs between two rows already in the table are not looked for in the table, only among these)."""
-    touched = {n for pair in confirmed for n in pair}
-    among, _ = near_pairs(touched, touched, settings)
-    return stars(confirmed | among)
-
-
 def _with_components(spark: SparkSession, members: DataFrame, centres: dict) -> DataFrame:
     """``members`` with ``comp``: the centre of its node's cluster (the node itself when it is in none)."""
     if not centres:
@@ -186,7 +179,8 @@ def _with_components(spark: SparkSession, members: DataFrame, centres: dict) -> 
 def _summary(members: DataFrame, same_split: bool) -> DataFrame:
     """One row per cluster (a component with at least two images, one of them new): ``comp``, ``cluster``
     (its smallest sha256), ``target`` (the split its new images take), ``new`` (its new images), ``splits``
-    (those its images sit in once the new ones have theirs) and ``crossing`` (more than one).
+    (those its images sit in once the new ones have theirs), ``crossing`` (more than one), ``cluster_label`` and
+    ``label_example`` (see :func:`clusters`).
 
     A cluster that already has rows in the table keeps their (most common) split, since ingested rows never
     move; otherwise it takes the split of the new member with the smallest sha256 of its sha256. The split is
@@ -210,9 +204,14 @@ def _summary(members: DataFrame, same_split: bool) -> DataFrame:
         .join(old_votes, "comp", "left")
         .withColumn("target", F.coalesce("old_split", "new_split"))
     )
+    votes = (members.filter(F.col("label").isNotNull()).groupBy("comp", "label")
+             .agg(F.count(F.lit(1)).alias("n"), F.min("path").alias("example"))
+             .groupBy("comp").agg(F.min(F.struct(-F.col("n"), F.col("label"), F.col("example"))).alias("m"))
+             .select("comp", F.col("m.label").alias("cluster_label"), F.col("m.example").alias("label_example")))
     splits = F.array_union("old_splits", F.array("target") if same_split else F.col("new_splits"))
-    return clusters.select("comp", "cluster", "target", "new", F.array_sort(splits).alias("splits"),
-                           (F.size(splits) > 1).alias("crossing"))
+    return clusters.join(votes, "comp", "left").select(
+        "comp", "cluster", "target", "new", F.array_sort(splits).alias("splits"), (F.size(splits) > 1).alias("crossing"),
+        "cluster_label", "label_example")
 
 
 def _crossing_examples(members: DataFrame, summary: DataFrame) -> list:
@@ -229,11 +228,14 @@ def _crossing_examples(members: DataFrame, summary: DataFrame) -> list:
 @contextlib.contextmanager
 def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: DataFrame, live: DataFrame, *,
              driver_max: int = DRIVER_MAX_IMAGES) -> Iterator[tuple[Optional[DataFrame], dict]]:
-    """Yields (sha256, near_dup_cluster, cluster_split) for the accepted rows that have near-duplicates among
-    themselves or the ``live`` rows (None when none have), and the report: clusters, the new images in them,
-    hash pairs, clusters crossing splits. The frame is valid inside the ``with`` block, which caches the
-    cluster table it is joined to. Up to ``driver_max`` hashed images are clustered on the driver."""
-    columns = ["sha256", "phash", "phash_fine", "path", "split"]
+    """Yields (sha256, near_dup_cluster, cluster_split, cluster_label, label_example) for the accepted rows that
+    have near-duplicates among themselves or the ``live`` rows (None when none have), and the report: clusters,
+    the new images in them, hash pairs, clusters crossing splits. ``cluster_label`` is the label most of the
+    cluster's images have (table rows included; the smallest label of a tie; null when none has a label) and
+    ``label_example`` the first path with it: a new image under another label is a label conflict. The frame
+    is valid inside the ``with`` block, which caches the cluster table it is joined to. Up to ``driver_max``
+    hashed images are clustered on the driver."""
+    columns = ["sha256", "phash", "phash_fine", "path", "split", "label"]
     hashed = F.col("phash").isNotNull() & F.col("phash_fine").isNotNull()  # rows of an older table lack phash_fine
     new = accepted.filter(hashed).select(*columns).withColumn("node", _node())
     members = (live.filter(hashed).select(*columns).withColumn("node", _node()).withColumn("existing", F.lit(True))
@@ -259,7 +261,7 @@ def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) 
     """What :func:`_in_spark` finds, from the collected members (sha256, node, path, split, existing):
     :func:`_summary`'s rules, one cluster at a time."""
     confirmed, rejected = near_pairs((r["node"] for r in rows if not r["existing"]), (r["node"] for r in rows), settings)
-    centres = _centres(confirmed, settings)
+    centres = stars(confirmed)
     by_comp = defaultdict(list)
     for r in rows:
         by_comp[centres.get(r["node"], r["node"])].append(r)
@@ -273,7 +275,10 @@ def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) 
         target = min((-n, split) for split, n in old_votes.items())[1] if old_votes else new_split
         splits = set(old_votes) | ({target} if settings.same_split else {r["split"] for r in new})
         cluster = min(r["sha256"] for r in members)
-        assigned += [(r["sha256"], cluster, target if settings.same_split else r["split"]) for r in new]
+        votes = Counter(r["label"] for r in members if r["label"] is not None)
+        label = min(votes, key=lambda v: (-votes[v], v)) if votes else None
+        example = min((r["path"] for r in members if r["label"] == label), default=None) if label is not None else None
+        assigned += [(r["sha256"], cluster, target if settings.same_split else r["split"], label, example) for r in new]
         found += 1
         if len(splits) > 1:
             crossing.append({"cluster": cluster, "splits": sorted(splits),
@@ -286,9 +291,10 @@ def _on_driver(spark: SparkSession, settings: NearDuplicatesConfig, rows: list) 
         log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", len(crossing), crossing[:1])
     report.update(clusters=found, images=len(assigned), crossing_splits=len(crossing),
                   crossing_examples=crossing[:EXAMPLES])
-    columns = pd.DataFrame(assigned, columns=["sha256", "near_dup_cluster", "cluster_split"])
+    columns = pd.DataFrame(assigned, columns=["sha256", "near_dup_cluster", "cluster_split", "cluster_label", "label_example"])
     with tables.temporary_conf(spark, "spark.sql.execution.arrow.pyspark.enabled", "true"):
-        frame = spark.createDataFrame(columns, "sha256 string, near_dup_cluster string, cluster_split string")
+        frame = spark.createDataFrame(columns, "sha256 string, near_dup_cluster string, cluster_split string, "
+                                               "cluster_label string, label_example string")
     return (F.broadcast(frame) if len(assigned) <= tables.BROADCAST_ROWS else frame), report
 
 
@@ -305,7 +311,7 @@ def _in_spark(spark: SparkSession, settings: NearDuplicatesConfig, new: DataFram
     for r in pairs.collect():
         candidates += r["n"]
         confirmed |= {(a, b) for a, b in r["pairs"]}
-    members = _with_components(spark, members, _centres(confirmed, settings))
+    members = _with_components(spark, members, stars(confirmed))
     summary = _summary(members, settings.same_split).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found, crossing, images = summary.agg(F.count(F.lit(1)), F.count(F.when(F.col("crossing"), 1)), F.sum("new")).head()
@@ -318,7 +324,8 @@ def _in_spark(spark: SparkSession, settings: NearDuplicatesConfig, new: DataFram
             log.warning("%d near-duplicate cluster(s) cross splits, e.g. %s", crossing, examples[:1])
         split = F.col("target") if settings.same_split else F.col("split")
         assigned = (members.filter(~F.col("existing")).join(summary, "comp")
-                    .select("sha256", F.col("cluster").alias("near_dup_cluster"), split.alias("cluster_split")))
+                    .select("sha256", F.col("cluster").alias("near_dup_cluster"), split.alias("cluster_split"),
+                            "cluster_label", "label_example"))
         yield assigned, {"clusters": found, "images": images, "candidate_pairs": candidates, "hash_pairs": len(confirmed),
                          "crossing_splits": crossing, "crossing_examples": examples}
     finally:

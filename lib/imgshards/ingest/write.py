@@ -14,9 +14,10 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, StructField, StructType
 
+from imgshards import quality
 from imgshards.config import PipelineConfig
 from imgshards.delta import tables
-from imgshards.ingest import near_duplicates, quality
+from imgshards.ingest import label_conflicts, near_duplicates
 from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.read import INGEST_STAGE, with_local_contents
 from imgshards.ingest.rules import EXAMPLES, split_column, split_key_column
@@ -130,6 +131,11 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
             if counts.ingested + counts.updated:
                 _write_images(spark, config, files, accepted, table, counts, run_id)
             if counts.duplicates:
+                kept = (table.filter(F.col("deleted_at").isNull()).select("path", "label")
+                        .unionByName(accepted.select("path", "label")))
+                label_conflicts.record(spark, config, label_conflicts.of_duplicates(
+                    classified.filter(F.col("bucket") == "duplicates"), kept), counts, run_id)
+            if counts.duplicates:
                 tables.upsert(
                     spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
                     classified.filter(F.col("bucket") == "duplicates").select(
@@ -195,6 +201,9 @@ def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: Dat
         if clusters is not None:
             accepted = (accepted.join(clusters, "sha256", "left")
                         .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
+            label_conflicts.record(spark, config, label_conflicts.of_clusters(accepted), counts, run_id)
+            if config.ingest.label_conflicts == "majority":
+                accepted = label_conflicts.majority(accepted)
         else:
             accepted = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
         _write_rows(spark, config, files, accepted, counts, run_id)

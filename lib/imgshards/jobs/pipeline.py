@@ -104,6 +104,16 @@ def run_pipeline(spark: SparkSession, config: PipelineConfig, run_id: str) -> di
     return summary
 
 
+def _findings(ingest: dict) -> str:
+    """Near-duplicate clusters, label conflicts and quality flags of an ingest, in one line."""
+    clusters = (ingest.get("near_duplicates") or {}).get("clusters", 0)
+    conflicts = {k: v for k, v in (ingest.get("label_conflicts") or {}).items() if k != "examples"}
+    flagged = ", ".join(f"{k}={v}" for k, v in (ingest.get("quality") or {}).items() if v) or "none"
+    return (f"near-duplicate clusters {clusters}; label conflicts {sum(conflicts.values())}"
+            + (f" ({', '.join(f'{k}={v}' for k, v in sorted(conflicts.items()))})" if conflicts else "")
+            + f"; quality flags {flagged}")
+
+
 def format_summary(summary: dict) -> str:
     """The human-readable run summary the pipeline prints."""
     ingest, pre, export = summary["ingest"], summary["preprocess"], summary["export"]
@@ -118,6 +128,7 @@ def format_summary(summary: dict) -> str:
         f" + skipped {ingest['skipped_hidden'] + ingest['skipped_non_image']}"
         f" (hidden {ingest['skipped_hidden']}, non-image {ingest['skipped_non_image']})",
         f"  quarantined  {reasons}",
+        f"  findings     {_findings(ingest)}",
         "preprocess",
         f"  images v{pre['source_version']}    processed {pre['processed']} (augmented copies {pre['augmented']})"
         f" + already processed {pre['already_processed']} + quarantined {pre['quarantined']} ({pre_reasons})",

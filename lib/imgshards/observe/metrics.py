@@ -93,6 +93,10 @@ def build_registry(summary: dict) -> CollectorRegistry:
                           ["signal"])
         for signal, n in (ingest.get("quality") or {}).items():
             flagged.labels(signal).inc(n)
+        conflicts = counter("label_conflicts", "Files found by this run under another label than their content's "
+                            "(duplicate) or their near-duplicate cluster's (near_duplicate)", ["kind"])
+        for kind in ("duplicate", "near_duplicate"):
+            conflicts.labels(kind).inc((ingest.get("label_conflicts") or {}).get(kind, 0))
         read.labels("ingest").inc(ingest["read_bytes"])
 
     pre = summary.get("preprocess")

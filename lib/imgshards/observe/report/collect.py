@@ -17,11 +17,18 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType
 from pyspark.sql.window import Window
 
-from imgshards import __version__
-from imgshards.config import PipelineConfig, join_path
+from imgshards import __version__, quality
+from imgshards.config import QUALITY_SIGNALS, PipelineConfig, join_path
 from imgshards.delta import run_state, tables
 from imgshards.io import storage
-from imgshards.schemas import DUPLICATES_TABLE, IMAGES_TABLE, PROCESSED_TABLE, QUARANTINE_TABLE, TABLES
+from imgshards.schemas import (
+    DUPLICATES_TABLE,
+    IMAGES_TABLE,
+    LABEL_CONFLICTS_TABLE,
+    PROCESSED_TABLE,
+    QUARANTINE_TABLE,
+    TABLES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +187,21 @@ def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame
                  .limit(config.report.near_duplicate_clusters).collect())
     finally:
         clusters.unpersist()
-    wanted = {m["sha256"] for c in shown for m in c["members"]}
-    thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted)) & F.col("content").isNotNull()) if wanted else None,
+    thumbs = _image_thumbnails(spark, config, images, {m["sha256"] for c in shown for m in c["members"]})
+    return {
+        "clusters": totals[0], "crossing": totals[1],
+        "shown": [{"id": c["near_dup_cluster"], "size": c["size"], "crossing": c["splits"] > 1,
+                   "members": [{"path": m["path"], "split": m["split"], "thumb": thumbs.get(m["sha256"])}
+                               for m in c["members"]]} for c in shown],
+    }
+
+
+def _image_thumbnails(spark: SparkSession, config: PipelineConfig, images: DataFrame, wanted: set) -> dict:
+    """{sha256: thumbnail} of ingested images: from the original bytes, or for images ingested by reference,
+    which have none, from their processed sample of the current settings."""
+    if not wanted:
+        return {}
+    thumbs = _thumbnails(images.filter(F.col("sha256").isin(list(wanted)) & F.col("content").isNotNull()),
                          "content", F.col("format"), config)
     referenced = sorted(wanted - set(thumbs))
     processed = _table(spark, config, PROCESSED_TABLE) if referenced else None
@@ -189,12 +209,58 @@ def near_duplicates(spark: SparkSession, config: PipelineConfig, meta: DataFrame
         current = processed.filter((F.col("config_fingerprint") == config.output_fingerprint()) & (F.col("copy") == 0)
                                    & F.col("sha256").isin(referenced)).dropDuplicates(["sha256"])
         thumbs.update(_thumbnails(current, "image", F.col("image_format"), config))
-    return {
-        "clusters": totals[0], "crossing": totals[1],
-        "shown": [{"id": c["near_dup_cluster"], "size": c["size"], "crossing": c["splits"] > 1,
-                   "members": [{"path": m["path"], "split": m["split"], "thumb": thumbs.get(m["sha256"])}
-                               for m in c["members"]]} for c in shown],
-    }
+    return thumbs
+
+
+def quality_findings(spark: SparkSession, config: PipelineConfig, live: DataFrame) -> Optional[dict]:
+    """Per quality signal: its threshold, the live images flagged and the worst of them with thumbnails; and
+    the distribution (quantiles) of each measure. None for a table without the signals."""
+    if "brightness" not in live.columns:
+        return None
+    settings = config.ingest.quality
+    flags = quality.flags(settings)
+    measures = quality.measures()
+    spread = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+    row = live.agg(
+        F.count(F.col("brightness")).alias("measured"),
+        *(F.count(F.when(flag, 1)).alias(name) for name, flag in flags.items()),
+        *(F.percentile_approx(column, spread).alias(f"q_{column}") for column in ("brightness", "contrast", "sharpness")),
+    ).head()
+    n = config.report.examples_per_reason
+    signals, wanted = [], set()
+    for name in QUALITY_SIGNALS:
+        value, what = measures[name]
+        worst = []
+        if row[name] and n:
+            order = value.asc() if quality.LOWEST_WORST[name] else value.desc()
+            worst = [r.asDict() for r in live.filter(flags[name]).orderBy(order, "path").limit(n)
+                     .select("sha256", "path", "split", value.cast("double").alias("value")).collect()]
+            wanted |= {r["sha256"] for r in worst}
+        signals.append({"name": name, "what": what, "threshold": getattr(settings, name), "flagged": row[name],
+                        "worst": worst})
+    thumbs = _image_thumbnails(spark, config, live, wanted)
+    for signal in signals:
+        for example in signal["worst"]:
+            example["thumb"] = thumbs.get(example.pop("sha256"))
+    return {"measured": row["measured"], "signals": signals, "quantiles": spread,
+            "distributions": {column: list(row[f"q_{column}"] or []) for column in ("brightness", "contrast", "sharpness")}}
+
+
+def label_conflict_findings(spark: SparkSession, config: PipelineConfig, live: DataFrame) -> Optional[dict]:
+    """Label conflicts per kind, and the first ones with thumbnails of both sides."""
+    table = _table(spark, config, LABEL_CONFLICTS_TABLE)
+    if table is None:
+        return None
+    kinds = {r["kind"]: r["count"] for r in table.groupBy("kind").count().collect()}
+    shown = [r.asDict() for r in table.orderBy("kind", "path").limit(config.report.near_duplicate_clusters)
+             .select("path", "label", "kind", "other_path", "other_label", "sha256").collect()]
+    others = {r["path"]: r["sha256"] for r in live.filter(F.col("path").isin([c["other_path"] for c in shown]))
+              .select("path", "sha256").collect()} if shown else {}
+    thumbs = _image_thumbnails(spark, config, live, {c["sha256"] for c in shown} | set(others.values()))
+    for c in shown:
+        c["thumb"] = thumbs.get(c["sha256"])
+        c["other_thumb"] = thumbs.get(others.get(c["other_path"]))
+    return {"total": sum(kinds.values()), "kinds": kinds, "shown": shown}
 
 
 def _thumbnails(rows: Optional[DataFrame], column: str, fmt: F.Column, config: PipelineConfig,
@@ -292,9 +358,12 @@ def _from_tables(spark: SparkSession, config: PipelineConfig) -> dict:
         if meta is not None:
             data["profile"] = profile(meta)
             data["near_duplicates"] = near_duplicates(spark, config, meta, live)
+            data["quality"] = quality_findings(spark, config, live)
+            data["label_conflicts"] = label_conflict_findings(spark, config, live)
             data["samples"] = samples(spark, config, meta)
         else:
-            data.update(profile=None, near_duplicates=None, samples={"grid": [], "augmented": []})
+            data.update(profile=None, near_duplicates=None, quality=None, label_conflicts=None,
+                        samples={"grid": [], "augmented": []})
     finally:
         if meta is not None:
             meta.unpersist()

@@ -9,8 +9,12 @@ from pyspark.sql import functions as F
 
 from imgshards.config import QUALITY_SIGNALS, QualityConfig
 
+# Which end of a signal's measure is worst: the report shows the worst flagged images first.
+LOWEST_WORST = {"dark": True, "bright": False, "low_contrast": True, "blurry": True, "small": True, "odd_aspect": False}
 
-def _measures() -> dict:
+
+def measures() -> dict:
+    """Signal -> (the column it is judged on, what that is called)."""
     short, long = F.least("width", "height"), F.greatest("width", "height")
     return {
         "dark": (F.col("brightness"), "brightness"),
@@ -25,7 +29,7 @@ def _measures() -> dict:
 def flags(settings: QualityConfig) -> dict[str, Column]:
     """Signal -> a boolean column over an images-like frame (width, height, brightness, contrast, sharpness):
     true where the image is past that signal's threshold; null where the signal was not measured."""
-    m = {name: value for name, (value, _) in _measures().items()}
+    m = {name: value for name, (value, _) in measures().items()}
     return {
         "dark": m["dark"] < settings.dark,
         "bright": m["bright"] > settings.bright,
@@ -42,10 +46,10 @@ def quarantine(probed: DataFrame, settings: QualityConfig) -> DataFrame:
     if not settings.quarantine:
         return probed
     flagged = flags(settings)
-    measures = _measures()
+    measured = measures()
     detail = F.lit(None).cast("string")
     for name in reversed([s for s in QUALITY_SIGNALS if s in settings.quarantine]):
-        value, what = measures[name]
+        value, what = measured[name]
         text = F.format_string(f"{name}: {what} %s past ingest.quality.{name} {getattr(settings, name)}",
                                F.round(value, 3).cast("string"))
         detail = F.when(F.coalesce(flagged[name], F.lit(False)), text).otherwise(detail)
