@@ -6,7 +6,6 @@ import glob
 import io
 import os
 
-import pytest
 from PIL import Image
 from test_ingest import make_config, table
 
@@ -21,8 +20,9 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("policy", ["report", "majority"])
-def test_conflicting_labels_are_recorded_counted_and_resolved_by_majority(spark, tmp_path, policy):
+def test_conflicting_labels_are_recorded_counted_and_resolved_by_majority(spark, tmp_path):
+    """With ``majority`` (``report``, the default, records the same and changes no label: the pipeline's sample
+    has a misfiled copy, checked in tests/test_observability.py and tests/test_end_to_end.py)."""
     photos = sorted(glob.glob(os.path.join(shared_dataset("hymenoptera"), "train", "ants", "*.jpg")))[:3]
     a, b, c = (Image.open(p).convert("RGB") for p in photos)
     raw = tmp_path / "raw"
@@ -35,7 +35,7 @@ def test_conflicting_labels_are_recorded_counted_and_resolved_by_majority(spark,
     (raw / "ants" / "b_q60.jpg").write_bytes(_jpeg(b, 60))
     (raw / "bees" / "b_small.jpg").write_bytes(_jpeg(b.resize((b.width // 2, b.height // 2)), 80))
     (raw / "bees" / "c.jpg").write_bytes(_jpeg(c, 90))  # no conflict: alone
-    config = make_config(tmp_path, f"ingest.label_conflicts={policy}")
+    config = make_config(tmp_path, "ingest.label_conflicts=majority")
     counts = run_ingest(spark, config, str(raw), "r1")
     assert counts.duplicates == 1 and counts.ingested == 5
     assert {k: v for k, v in counts.label_conflicts.items() if k != "examples"} == {"duplicate": 1, "near_duplicate": 1}
@@ -48,7 +48,9 @@ def test_conflicting_labels_are_recorded_counted_and_resolved_by_majority(spark,
     assert seen(dup) == ("duplicate", "bees", "ants", "a.jpg")
     assert seen(near) == ("near_duplicate", "bees", "ants", "b.jpg")
     labels = {r["path"].rsplit("/", 1)[1]: r["label"] for r in table(spark, config, "images").collect()}
-    assert labels["b_small.jpg"] == ("ants" if policy == "majority" else "bees")
+    assert labels["b_small.jpg"] == "ants"  # its cluster's label (its own, bees, stays in label_conflicts)
     assert labels["c.jpg"] == "bees" and labels["a.jpg"] == "ants"
-    # A re-run with nothing new finds nothing new and writes nothing.
-    assert not run_ingest(spark, config, str(raw), "r2").label_conflicts
+    # A re-run with nothing new reads nothing and reports what reading would: the duplicate's conflict again
+    # (it is a duplicate again), not the near-duplicate's (its image is unchanged).
+    again = run_ingest(spark, config, str(raw), "r2")
+    assert again.read_bytes == 0 and {k: v for k, v in again.label_conflicts.items() if k != "examples"} == {"duplicate": 1}

@@ -92,7 +92,7 @@ class LabelsConfig:
 class NearDuplicatesConfig:
     enabled: bool = True
     max_distance: int = 7
-    confirm_distance: int = 96
+    confirm_distance: int = 100
     same_split: bool = True
 
     def validate(self) -> None:
