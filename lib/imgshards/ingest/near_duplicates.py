@@ -63,7 +63,8 @@ def _bands(max_distance: int) -> tuple[list[tuple[int, int]], int]:
     """(offset, width) of the bit bands covering 64 bits, and how many bits a band may differ in: two hashes
     at most max_distance bits apart differ in at most that many bits of one band (pigeonhole). One flipped bit
     per band lets the bands be about twice as wide as exact bands would be, so that a random pair shares a
-    probed band value some hundred times less often (fewer pairs examined per image)."""
+    probed band value far less often (at distance 7: 4 x 17 probes of 16 bits against 8 bands of 8 bits, about
+    30 times less), and fewer pairs are examined per image."""
     errors = 1 if max_distance >= 1 else 0
     n = -(-(max_distance + 1) // (errors + 1))
     widths = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
