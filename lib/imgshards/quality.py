@@ -9,35 +9,25 @@ from pyspark.sql import functions as F
 
 from imgshards.config import QUALITY_SIGNALS, QualityConfig
 
-# Which end of a signal's measure is worst: the report shows the worst flagged images first.
-LOWEST_WORST = {"dark": True, "bright": False, "low_contrast": True, "blurry": True, "small": True, "odd_aspect": False}
-
 
 def measures() -> dict:
-    """Signal -> (the column it is judged on, what that is called)."""
+    """Signal -> (the column it is judged on, what that is called, whether its low end is the bad one)."""
     short, long = F.least("width", "height"), F.greatest("width", "height")
     return {
-        "dark": (F.col("brightness"), "brightness"),
-        "bright": (F.col("brightness"), "brightness"),
-        "low_contrast": (F.col("contrast"), "contrast"),
-        "blurry": (F.col("sharpness"), "sharpness"),
-        "small": (short, "shorter side"),
-        "odd_aspect": (long / F.greatest(short, F.lit(1)), "aspect ratio"),
+        "dark": (F.col("brightness"), "brightness", True),
+        "bright": (F.col("brightness"), "brightness", False),
+        "low_contrast": (F.col("contrast"), "contrast", True),
+        "blurry": (F.col("sharpness"), "sharpness", True),
+        "small": (short, "shorter side", True),
+        "odd_aspect": (long / F.greatest(short, F.lit(1)), "aspect ratio", False),
     }
 
 
 def flags(settings: QualityConfig) -> dict[str, Column]:
     """Signal -> a boolean column over an images-like frame (width, height, brightness, contrast, sharpness):
     true where the image is past that signal's threshold; null where the signal was not measured."""
-    m = {name: value for name, (value, _) in measures().items()}
-    return {
-        "dark": m["dark"] < settings.dark,
-        "bright": m["bright"] > settings.bright,
-        "low_contrast": m["low_contrast"] < settings.low_contrast,
-        "blurry": m["blurry"] < settings.blurry,
-        "small": m["small"] < settings.small,
-        "odd_aspect": m["odd_aspect"] > settings.odd_aspect,
-    }
+    return {name: value < getattr(settings, name) if low else value > getattr(settings, name)
+            for name, (value, _, low) in measures().items()}
 
 
 def quarantine(probed: DataFrame, settings: QualityConfig) -> DataFrame:
@@ -49,7 +39,7 @@ def quarantine(probed: DataFrame, settings: QualityConfig) -> DataFrame:
     measured = measures()
     detail = F.lit(None).cast("string")
     for name in reversed([s for s in QUALITY_SIGNALS if s in settings.quarantine]):
-        value, what = measured[name]
+        value, what, _ = measured[name]
         text = F.format_string(f"{name}: {what} %s past ingest.quality.{name} {getattr(settings, name)}",
                                F.round(value, 3).cast("string"))
         detail = F.when(F.coalesce(flagged[name], F.lit(False)), text).otherwise(detail)

@@ -13,7 +13,6 @@ from imgshards.ingest.counts import IngestCounts
 from imgshards.ingest.rules import EXAMPLES
 from imgshards.schemas import LABEL_CONFLICTS_SCHEMA, LABEL_CONFLICTS_TABLE
 
-KINDS = ("duplicate", "near_duplicate")
 _COLUMNS = ("path", "label", "kind", "other_path", "other_label", "sha256")
 
 

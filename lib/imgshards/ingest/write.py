@@ -135,7 +135,6 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
                         .unionByName(accepted.select("path", "label")))
                 label_conflicts.record(spark, config, label_conflicts.of_duplicates(
                     classified.filter(F.col("bucket") == "duplicates"), kept), counts, run_id)
-            if counts.duplicates:
                 tables.upsert(
                     spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
                     classified.filter(F.col("bucket") == "duplicates").select(

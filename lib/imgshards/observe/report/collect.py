@@ -229,15 +229,15 @@ def quality_findings(spark: SparkSession, config: PipelineConfig, live: DataFram
     n = config.report.examples_per_reason
     signals, wanted = [], set()
     for name in QUALITY_SIGNALS:
-        value, what = measures[name]
+        value, what, low = measures[name]
         worst = []
         if row[name] and n:
-            order = value.asc() if quality.LOWEST_WORST[name] else value.desc()
+            order = value.asc() if low else value.desc()
             worst = [r.asDict() for r in live.filter(flags[name]).orderBy(order, "path").limit(n)
                      .select("sha256", "path", "split", value.cast("double").alias("value")).collect()]
             wanted |= {r["sha256"] for r in worst}
-        signals.append({"name": name, "what": what, "threshold": getattr(settings, name), "flagged": row[name],
-                        "worst": worst})
+        signals.append({"name": name, "what": what, "past": "below" if low else "above",
+                        "threshold": getattr(settings, name), "flagged": row[name], "worst": worst})
     thumbs = _image_thumbnails(spark, config, live, wanted)
     for signal in signals:
         for example in signal["worst"]:
