@@ -13,6 +13,9 @@ from typing import Iterable
 
 from PIL import Image, ImageEnhance, ImageOps
 
+from imgshards import imaging
+from imgshards.ingest.near_duplicates import aspect_key, node_key
+
 # EXIF orientation 6: the stored pixels are turned 90 degrees counter-clockwise from how they display.
 _ORIENTATION = 0x0112
 
@@ -74,6 +77,16 @@ def labelled_set(photos: Iterable[str], with_variants: int) -> tuple[dict[str, b
                 files[f"{name}_{kind}.jpg"] = data
                 group[f"{name}_{kind}.jpg"] = f"{name}_{kind}"
     return files, group
+
+
+def nodes(files: dict) -> dict:
+    """File name -> its near-duplicate node key, from the hashes and the header's size, as ingest makes it."""
+    out = {}
+    for name, data in files.items():
+        found = imaging.fingerprint(data, 10**9)
+        with Image.open(io.BytesIO(data)) as img:
+            out[name] = node_key(found.phash, found.fine, aspect_key(*img.size))
+    return out
 
 
 def pairs_in_clusters(cluster_of: dict) -> set:

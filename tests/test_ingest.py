@@ -22,7 +22,7 @@ from imgshards.config import load_config
 from imgshards.delta import tables
 from imgshards.ingest import near_duplicates
 from imgshards.ingest import state as ingest_state
-from imgshards.ingest.near_duplicates import near_pairs, node_key, stars
+from imgshards.ingest.near_duplicates import aspect_key, near_pairs, node_key, stars
 from imgshards.ingest.rules import split_of
 from imgshards.ingest.run import run_ingest, run_ingest_stream
 from imgshards.io import storage
@@ -334,7 +334,8 @@ def test_listed_local_files_become_tasks_sized_by_count_and_bytes(spark):
     assert listed_files(spark, {}).collect() == []
 
 
-ND_COLUMNS = "sha256 string, phash long, phash_fine array<long>, path string, split string, label string"
+ND_COLUMNS = ("sha256 string, phash long, phash_fine array<long>, path string, split string, label string, "
+              "width int, height int")
 
 
 def _fine(phash: int, inverted: bool = False) -> list:
@@ -343,8 +344,8 @@ def _fine(phash: int, inverted: bool = False) -> list:
     return [phash, phash, ~phash if inverted else phash, ~phash if inverted else phash]
 
 
-def _row(sha, phash, path, split, fine=None, label=None):
-    return (sha, phash, _fine(phash) if fine is None else fine, path, split, label)
+def _row(sha, phash, path, split, fine=None, label=None, size=(400, 300)):
+    return (sha, phash, _fine(phash) if fine is None else fine, path, split, label, *size)
 
 
 # Clustering on the driver (up to near_duplicates.DRIVER_MAX_IMAGES) and in Spark (beyond it): every case
@@ -419,10 +420,22 @@ def test_near_duplicate_candidates_need_the_fine_hash_to_agree(spark, on):
     assert set(assignment) == {"x0", "x1"} and report["hash_pairs"] == 1
 
 
+@pytest.mark.parametrize("on", CLUSTERED_ON)
+def test_near_duplicate_candidates_need_the_shapes_to_agree(spark, on):
+    """The same hashes on a 4:3 image and on a 2:1 one (a different picture with a similar grey layout) are a
+    candidate pair, not a cluster; a copy turned by 90 degrees, or 4 % narrower, keeps its shape."""
+    rows = [_row("x0", 42, "x0.jpg", "train"), _row("x1", 42, "x1.jpg", "val", size=(400, 200))]
+    assignment, report = _cluster_rows(spark, rows, on=on)
+    assert assignment == {} and report["candidate_pairs"] == 1 and report["hash_pairs"] == 0
+    rows += [_row("x2", 42, "x2.jpg", "val", size=(300, 400)), _row("x3", 42, "x3.jpg", "val", size=(384, 300))]
+    assignment, report = _cluster_rows(spark, rows, on=on)
+    assert set(assignment) == {"x0", "x2", "x3"} and report["hash_pairs"] == 1  # x0 and x2 are one node
+
+
 @pytest.mark.parametrize("same_split", [True, False])
 def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, same_split):
     """Random clusters of near hashes (some chained, some crossing splits, some with rows in the table, some
-    rejected by their fine hash, signed hashes both sides of zero): the driver's clusters, splits and report are
+    rejected by their fine hash or their shape, signed hashes both sides of zero): the driver's clusters, splits and report are
     Spark's, and the driver's pairs are every pair within the distances (all pairs compared)."""
     rng = random.Random(7)
     splits = ("train", "val", "test")
@@ -435,8 +448,9 @@ def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, 
                 phash ^= 1 << rng.randrange(64)
             phash = phash - 2**64 if phash >= 2**63 else phash  # as a signed long
             fine = _fine(phash, inverted=rng.random() < 0.25)
+            size = rng.choice(((400, 300), (300, 400), (390, 300), (400, 200)))
             row = _row(hashlib.sha256(f"{c}/{m}".encode()).hexdigest(), phash, f"c{c:02d}/m{m}.jpg", rng.choice(splits), fine,
-                       rng.choice(("ant", "bee", None)))
+                       rng.choice(("ant", "bee", None)), size)
             (live if rng.random() < 0.3 else rows).append(row)
     overrides = [f"ingest.near_duplicates.same_split={str(same_split).lower()}"]
     on_driver = _cluster_rows(spark, rows, live, on="driver", overrides=overrides)
@@ -446,13 +460,15 @@ def test_near_duplicate_clusters_are_the_same_on_the_driver_and_in_spark(spark, 
     assert report["clusters"] > 10 and report["hash_pairs"] > 10 and report["candidate_pairs"] > report["hash_pairs"]
     assert report["crossing_splits"] > 0
     settings = load_config(overrides=[]).ingest.near_duplicates
-    nodes = {node_key(r[1], r[2]): (r[1], r[2]) for r in live + rows}
-    new = {node_key(r[1], r[2]) for r in rows}
+    nodes = {node_key(r[1], r[2], aspect_key(*r[6:])): (r[1], r[2], aspect_key(*r[6:])) for r in live + rows}
+    new = {node_key(r[1], r[2], aspect_key(*r[6:])) for r in rows}
     within = {(min(a, b), max(a, b)) for a in new for b in nodes
               if a != b and imaging.hamming(nodes[a][0], nodes[b][0]) <= settings.max_distance}
     confirmed, rejected = near_pairs(new, nodes, settings)
     assert confirmed | rejected == within and not confirmed & rejected
-    assert confirmed == {p for p in within if imaging.fine_distance(nodes[p[0]][1], nodes[p[1]][1]) <= settings.confirm_distance}
+    assert confirmed == {(a, b) for a, b in within
+                         if imaging.fine_distance(nodes[a][1], nodes[b][1]) <= settings.confirm_distance
+                         and max(nodes[a][2], nodes[b][2]) / min(nodes[a][2], nodes[b][2]) <= 1 + settings.max_aspect_change}
 
 
 def test_near_duplicates_reported_when_not_moved(spark, tmp_path):

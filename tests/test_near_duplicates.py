@@ -11,9 +11,8 @@ from collections import defaultdict
 import near_duplicate_set
 from test_ingest import make_config, table
 
-from imgshards import imaging
 from imgshards.config import load_config
-from imgshards.ingest.near_duplicates import near_pairs, node_key, stars
+from imgshards.ingest.near_duplicates import near_pairs, stars
 from imgshards.ingest.run import run_ingest
 
 from helpers import shared_dataset
@@ -28,10 +27,7 @@ def test_clusters_of_the_labelled_set_have_the_target_precision_and_recall():
     as ingest runs them, clusters by their centres."""
     files, group = near_duplicate_set.labelled_set(_photos(), with_variants=60)
     settings = load_config(overrides=[]).ingest.near_duplicates
-    node_of = {}
-    for name, data in files.items():
-        found = imaging.fingerprint(data, 10**9)
-        node_of[name] = node_key(found.phash, found.fine)
+    node_of = near_duplicate_set.nodes(files)
     confirmed, rejected = near_pairs(set(node_of.values()), set(node_of.values()), settings)
     centre = stars(confirmed)
     scores = near_duplicate_set.precision_recall(

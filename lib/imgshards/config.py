@@ -51,7 +51,7 @@ FOLLOW_LINKS = ("within_input", "all", "none")
 # copy: images.content holds the file's bytes; reference: only its path, sha256 and header fields (the
 # source stays where it is and preprocess reads it by path, checking the sha256).
 CONTENT_MODES = ("copy", "reference")
-LABEL_CONFLICT_POLICIES = ("report", "majority")
+LABEL_CONFLICT_POLICIES = ("report", "majority", "quarantine")
 
 
 def _check_regex(key: str, pattern: Optional[str], group: str) -> None:
@@ -93,6 +93,7 @@ class NearDuplicatesConfig:
     enabled: bool = True
     max_distance: int = 7
     confirm_distance: int = 100
+    max_aspect_change: float = 0.05
     same_split: bool = True
 
     def validate(self) -> None:
@@ -101,6 +102,9 @@ class NearDuplicatesConfig:
         if not 0 <= self.confirm_distance <= 256:
             raise ConfigError("ingest.near_duplicates.confirm_distance must be in 0..256 bits, "
                               f"got {self.confirm_distance!r}")
+        if not 0 <= self.max_aspect_change <= 1:
+            raise ConfigError("ingest.near_duplicates.max_aspect_change must be in 0..1 (a fraction), "
+                              f"got {self.max_aspect_change!r}")
 
 
 # Quality signals an image can be flagged for (imgshards.quality), each with its threshold setting.

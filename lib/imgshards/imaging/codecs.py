@@ -31,6 +31,8 @@ QUARANTINE_REASONS = {
     "unlabeled": "labels are required (ingest.labels.required) and none was found for the file",
     "low_quality": "a quality signal is past its threshold and ingest.quality.quarantine names it (the detail says "
                    "which)",
+    "label_conflict": "ingest.label_conflicts is quarantine and the file's label differs from that of the same content "
+                      "or of its near-duplicate cluster (the detail names the other file and its label)",
     "forgotten": "the file's content was removed for good by the forget job (the detail gives its reason)",
     # Decided from the listing of a local input, before anything is read:
     "name_not_utf8": "the file's name is not UTF-8, which Spark, Delta and object stores cannot hold (the path shown "

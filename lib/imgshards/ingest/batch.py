@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections import Counter
@@ -112,8 +113,14 @@ def ingest_batch(
         quarantine = quarantine_rows(spark, probed, oversized, rejected, run_id)
         # A conflict with a concurrent writer redoes the write from the tables' new version: files another
         # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
-        tables.retry_on_conflict("ingest", lambda: write_batch(spark, config, readable, probed, probed_ok, quarantine,
-                                                          counts, run_id))
+        # Each attempt counts on a copy of the probe's counts: what write_batch adds (buckets, conflicts, the
+        # quarantined label conflicts) must not be added twice.
+        def attempt() -> IngestCounts:
+            written = copy.deepcopy(counts)
+            write_batch(spark, config, readable, probed, probed_ok, quarantine, written, run_id)
+            return written
+
+        counts = tables.retry_on_conflict("ingest", attempt)
     finally:
         probed.unpersist()
     counts.check()

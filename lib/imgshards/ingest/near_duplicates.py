@@ -3,8 +3,10 @@
 Two hashes per image (imgshards.imaging.fingerprint): images whose 64-bit dHashes are at most ``max_distance``
 bits apart are candidates, found by a join on bit bands (no all-pairs comparison); a candidate pair counts only
 when their 256-bit DCT hashes are at most ``confirm_distance`` bits apart, which tells a re-encoded, resized,
-slightly cropped or brightened copy from a different photo that happens to share a coarse hash. Images with the
-same two hashes are one node, so a photo copied a thousand times costs one node, not half a million pairs.
+slightly cropped or brightened copy from a different photo that happens to share a coarse hash, and their shapes
+(longer over shorter side) at most ``max_aspect_change`` apart, which a copy keeps and a different image of a
+similar grey layout seldom shares. Images with the same two hashes and shape are one node, so a photo copied a
+thousand times costs one node, not half a million pairs.
 
 Confirmed pairs never chain: a cluster is a centre and the nodes confirmed close to it (star clustering,
 the node with the most confirmed neighbours first), so every member is a near-duplicate of its centre and two
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 from collections import Counter, defaultdict
 from typing import Iterable, Iterator, Optional
 
@@ -44,19 +47,33 @@ NO_CLUSTERS = {"clusters": 0, "images": 0, "candidate_pairs": 0, "hash_pairs": 0
                "crossing_examples": []}
 
 
-def node_key(phash: int, fine: Iterable[int]) -> str:
-    """One string per pair of hashes, the same as :func:`_node` makes in Spark."""
-    return ":".join(str(v) for v in (phash, *fine))
+def aspect_key(width: int, height: int) -> int:
+    """The ratio of the longer to the shorter side in thousandths (rounded half up), as :func:`_node` keys it:
+    the same for an image and its copy turned by 90 degrees."""
+    return math.floor(max(width, height) * 1000.0 / min(width, height) + 0.5)
 
 
-def _parse_node(key: str) -> tuple[int, tuple[int, ...]]:
-    phash, *fine = (int(v) for v in key.split(":"))
-    return phash, tuple(fine)
+def node_key(phash: int, fine: Iterable[int], aspect: int) -> str:
+    """One string per pair of hashes and shape (:func:`aspect_key`), the same as :func:`_node` makes in Spark."""
+    return ":".join(str(v) for v in (phash, *fine, aspect))
+
+
+def _parse_node(key: str) -> tuple[int, tuple[int, ...], int]:
+    phash, *fine, aspect = (int(v) for v in key.split(":"))
+    return phash, tuple(fine), aspect
 
 
 def _node() -> F.Column:
-    """:func:`node_key` in Spark."""
-    return F.concat_ws(":", F.col("phash").cast("string"), F.array_join(F.col("phash_fine").cast("array<string>"), ":"))
+    """:func:`node_key` in Spark, from the columns phash, phash_fine, width and height."""
+    aspect = F.floor(F.greatest("width", "height").cast("double") * 1000.0 / F.least("width", "height").cast("double")
+                     + 0.5)
+    return F.concat_ws(":", F.col("phash").cast("string"), F.array_join(F.col("phash_fine").cast("array<string>"), ":"),
+                       aspect.cast("string"))
+
+
+def _shapes_close(a: int, b: int, settings: NearDuplicatesConfig) -> bool:
+    """Two :func:`aspect_key` values at most ``max_aspect_change`` apart (as a fraction of the smaller)."""
+    return max(a, b) <= min(a, b) * (1 + settings.max_aspect_change)
 
 
 def _bands(max_distance: int) -> tuple[list[tuple[int, int]], int]:
@@ -109,9 +126,11 @@ def _fine_bits(a: str, b: str) -> F.Column:
 
 def node_pairs(new: DataFrame, known: DataFrame, settings: NearDuplicatesConfig) -> DataFrame:
     """Distinct node pairs (a < b, node keys; one node from ``new``) whose dHashes are at most ``max_distance``
-    bits apart, with ``confirmed``: their fine hashes at most ``confirm_distance`` apart. Both frames have the
-    columns phash, phash_fine and node; each node takes part once however many images share it."""
-    columns = ["node", "phash", "phash_fine"]
+    bits apart, with ``confirmed``: their fine hashes at most ``confirm_distance`` apart and their shapes at most
+    ``max_aspect_change`` (:func:`_shapes_close`). Both frames have the columns phash, phash_fine and node; each
+    node takes part once however many images share it."""
+    aspect = F.element_at(F.split("node", ":"), -1).cast("long").alias("aspect")
+    columns = ["node", "phash", "phash_fine", aspect]
     a = _banded(new.select(*columns).distinct(), settings.max_distance, probe=True).alias("a")
     b = _banded(known.select(*columns).distinct(), settings.max_distance, probe=False).alias("b")
     return (
@@ -119,7 +138,9 @@ def node_pairs(new: DataFrame, known: DataFrame, settings: NearDuplicatesConfig)
                & (F.col("a.node") != F.col("b.node")))
         .filter(F.bit_count(F.col("a.phash").bitwiseXOR(F.col("b.phash"))) <= settings.max_distance)
         .select(F.least("a.node", "b.node").alias("a"), F.greatest("a.node", "b.node").alias("b"),
-                (_fine_bits("a.phash_fine", "b.phash_fine") <= settings.confirm_distance).alias("confirmed"))
+                ((_fine_bits("a.phash_fine", "b.phash_fine") <= settings.confirm_distance)
+                 & (F.greatest("a.aspect", "b.aspect") <= F.least("a.aspect", "b.aspect") * (1 + settings.max_aspect_change))
+                 ).alias("confirmed"))
         .distinct()
     )
 
@@ -136,16 +157,18 @@ def near_pairs(new: Iterable[str], known: Iterable[str], settings: NearDuplicate
             index[band].append(key)
     confirmed, rejected = set(), set()
     for a in new:
-        (phash_a, fine_a), seen = parsed[a], set()
+        (phash_a, fine_a, aspect_a), seen = parsed[a], set()
         for band in _band_values(phash_a, settings.max_distance, probe=True):
             for b in index.get(band, ()):
                 if b == a or b in seen:
                     continue
                 seen.add(b)
-                phash_b, fine_b = parsed[b]
+                phash_b, fine_b, aspect_b = parsed[b]
                 if hamming(phash_a, phash_b) <= settings.max_distance:
                     pair = (min(a, b), max(a, b))
-                    (confirmed if fine_distance(fine_a, fine_b) <= settings.confirm_distance else rejected).add(pair)
+                    close = (fine_distance(fine_a, fine_b) <= settings.confirm_distance
+                             and _shapes_close(aspect_a, aspect_b, settings))
+                    (confirmed if close else rejected).add(pair)
         if examined is not None:
             examined["pairs"] += len(seen)
     return confirmed, rejected
@@ -236,8 +259,9 @@ def clusters(spark: SparkSession, settings: NearDuplicatesConfig, accepted: Data
     ``label_example`` the first path with it: a new image under another label is a label conflict. The frame
     is valid inside the ``with`` block, which caches the cluster table it is joined to. Up to ``driver_max``
     hashed images are clustered on the driver."""
-    columns = ["sha256", "phash", "phash_fine", "path", "split", "label"]
-    hashed = F.col("phash").isNotNull() & F.col("phash_fine").isNotNull()  # rows of an older table lack phash_fine
+    columns = ["sha256", "phash", "phash_fine", "width", "height", "path", "split", "label"]
+    # Rows of an older table lack phash_fine.
+    hashed = F.col("phash").isNotNull() & F.col("phash_fine").isNotNull() & (F.least("width", "height") > 0)
     new = accepted.filter(hashed).select(*columns).withColumn("node", _node())
     members = (live.filter(hashed).select(*columns).withColumn("node", _node()).withColumn("existing", F.lit(True))
                .unionByName(new.withColumn("existing", F.lit(False))))

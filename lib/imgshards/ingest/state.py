@@ -96,12 +96,13 @@ def as_rerun(counts):
         skipped_non_image=counts.skipped_non_image, quarantine_reasons=dict(counts.quarantine_reasons),
         labels_report=dict(counts.labels_report),
     )
-    # A duplicate is one again when read again, and so is its label conflict; a near-duplicate's is not (its
-    # image is then unchanged).
-    if counts.label_conflicts.get("duplicate"):
-        rerun.label_conflicts = {"duplicate": counts.label_conflicts["duplicate"],
-                                 "examples": [e for e in counts.label_conflicts.get("examples", [])
-                                              if e["kind"] == "duplicate"]}
+    # A duplicate is one again when read again, and so is its label conflict, as is a quarantined one's; a
+    # near-duplicate's that was ingested is not (its image is then unchanged).
+    again = ("duplicate", "near_duplicate") if counts.quarantine_reasons.get("label_conflict") else ("duplicate",)
+    found = {kind: counts.label_conflicts[kind] for kind in again if counts.label_conflicts.get(kind)}
+    if found:
+        rerun.label_conflicts = {**found, "examples": [e for e in counts.label_conflicts.get("examples", [])
+                                                       if e["kind"] in found]}
     if "files_without_label" in rerun.labels_report:  # only the quarantined ones: the rest is not written again
         rerun.labels_report.update(files_without_label=counts.quarantine_reasons.get("unlabeled", 0),
                                    files_without_label_examples=[])

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 from collections import Counter
+from typing import Iterator
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -118,34 +119,56 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
         counts.updated, counts.ingested = buckets["updated"], buckets["ingested"]
         counts.check()
         accepted = classified.filter(F.col("bucket").isin(*BUCKETS_WRITTEN))
-        if counts.ingested + counts.updated:
-            counts.quality = quality.counts(accepted, ingest.quality)
-        if ingest.labels.source != "none":
-            examples = accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect() if unlabeled else []
-            counts.labels_report.update(files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
-                                        files_without_label_examples=[r[0] for r in examples])
-
-        metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
-                    "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
-        with tables.commit_metadata(spark, metadata):
-            if counts.ingested + counts.updated:
-                _write_images(spark, config, files, accepted, table, counts, run_id)
+        duplicates = classified.filter(F.col("bucket") == "duplicates")
+        sorted_out = classified  # the files whose bucket stands (a quarantined label conflict's does not)
+        with _clustered(spark, config, accepted, table, counts) as (accepted, clustered):
+            found = []
             if counts.duplicates:
                 kept = (table.filter(F.col("deleted_at").isNull()).select("path", "label")
                         .unionByName(accepted.select("path", "label")))
-                label_conflicts.record(spark, config, label_conflicts.of_duplicates(
-                    classified.filter(F.col("bucket") == "duplicates"), kept), counts, run_id)
-                tables.upsert(
-                    spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
-                    classified.filter(F.col("bucket") == "duplicates").select(
-                        "path", "sha256", "duplicate_of", now.alias("detected_at"), F.lit(run_id).alias("run_id")),
-                    ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of", check_first=True,
-                    run_id=run_id,
-                )
-            if counts.quarantined:
-                tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
-                              QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
-            counts.superseded = _follow_the_files(spark, config, classified, quarantine)
+                found.append(label_conflicts.of_duplicates(duplicates, kept))
+            if clustered:
+                found.append(label_conflicts.of_clusters(accepted))
+            conflicts = functools.reduce(DataFrame.unionByName, found).persist() if found else None
+            try:
+                in_conflict = label_conflicts.count(conflicts, counts) if conflicts is not None else {}
+                if in_conflict and ingest.label_conflicts == "quarantine":
+                    quarantine = quarantine.unionByName(label_conflicts.quarantine(conflicts, in_conflict, counts, run_id))
+                    moved = conflicts.select("path")
+                    sorted_out, accepted, duplicates = (frame.join(moved, "path", "left_anti")
+                                                        for frame in (classified, accepted, duplicates))
+                elif clustered and ingest.label_conflicts == "majority":
+                    accepted = label_conflicts.majority(accepted)
+                if counts.ingested + counts.updated:
+                    counts.quality = quality.counts(accepted, ingest.quality)
+                if ingest.labels.source != "none":
+                    examples = (accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect()
+                                if unlabeled else [])
+                    counts.labels_report.update(
+                        files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
+                        files_without_label_examples=[r[0] for r in examples])
+                metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
+                            "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
+                with tables.commit_metadata(spark, metadata):
+                    if in_conflict:
+                        label_conflicts.record(spark, config, conflicts, run_id)
+                    if counts.ingested + counts.updated:
+                        _write_rows(spark, config, files, accepted, counts, run_id)
+                    if counts.duplicates:
+                        tables.upsert(
+                            spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
+                            duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"),
+                                              F.lit(run_id).alias("run_id")),
+                            ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of",
+                            check_first=True, run_id=run_id,
+                        )
+                    if counts.quarantined:
+                        tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
+                                      QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
+                    counts.superseded = _follow_the_files(spark, config, sorted_out, quarantine)
+            finally:
+                if conflicts is not None:
+                    conflicts.unpersist()
     finally:
         classified.unpersist()
 
@@ -189,23 +212,23 @@ def _follow_the_files(spark, config: PipelineConfig, classified: DataFrame, quar
     return retired
 
 
-def _write_images(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, table: DataFrame,
-                  counts: IngestCounts, run_id: str) -> None:
-    """The accepted rows, with their near-duplicate clusters and their bytes, into ``images``."""
+@contextlib.contextmanager
+def _clustered(spark, config: PipelineConfig, accepted: DataFrame, table: DataFrame,
+               counts: IngestCounts) -> Iterator[tuple[DataFrame, bool]]:
+    """The accepted rows with their near-duplicate clusters joined (near_dup_cluster, cluster_label,
+    label_example) and the split of their cluster, and whether any has a cluster; valid inside the block."""
     nd = config.ingest.near_duplicates
-    found = (near_duplicates.clusters(spark, nd, accepted, table.filter(F.col("deleted_at").isNull())) if nd.enabled
-             else contextlib.nullcontext((None, {})))
-    with found as (clusters, report):
-        counts.near_duplicates = report  # {} with hashing off, as the counts start
-        if clusters is not None:
-            accepted = (accepted.join(clusters, "sha256", "left")
-                        .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split"))))
-            label_conflicts.record(spark, config, label_conflicts.of_clusters(accepted), counts, run_id)
-            if config.ingest.label_conflicts == "majority":
-                accepted = label_conflicts.majority(accepted)
+    unclustered = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
+    if not (nd.enabled and counts.ingested + counts.updated):
+        yield unclustered, False
+        return
+    with near_duplicates.clusters(spark, nd, accepted, table.filter(F.col("deleted_at").isNull())) as (clusters, report):
+        counts.near_duplicates = report
+        if clusters is None:
+            yield unclustered, False
         else:
-            accepted = accepted.withColumn("near_dup_cluster", F.lit(None).cast("string"))
-        _write_rows(spark, config, files, accepted, counts, run_id)
+            yield (accepted.join(clusters, "sha256", "left")
+                   .withColumn("split", F.coalesce(F.col("cluster_split"), F.col("split")))), True
 
 
 def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, counts: IngestCounts,
