@@ -41,8 +41,9 @@ def ingest_work(paths) -> int:
             data = f.read()
         hashlib.sha256(data).hexdigest()
         try:
-            imaging.probe(data, limit)
-            imaging.fingerprint(data, limit)
+            opened = imaging.open_image(data, limit)
+            imaging.probe(data, limit, opened)
+            imaging.fingerprint(data, limit, opened)
         except imaging.ImageError:
             pass
     return len(paths)

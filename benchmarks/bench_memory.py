@@ -2,7 +2,8 @@
 
 Makes photos of exactly ``ingest.max_pixels`` pixels (hymenoptera photos upscaled; JPEG q90 and PNG, each
 from a different photo), many to a partition, and runs ``./spark-submit.sh`` ingest, preprocess with
-``pil``, preprocess with ``dali-cpu`` (on a copy of the warehouse) and export on the embedded default
+``opencv`` (the default), with ``pil`` and with ``dali-cpu`` (each on a copy of the ingested tables) and
+export on the embedded default
 (local[*], one JVM that is driver and executor). While each job runs it samples the peak resident memory
 (VmHWM) of the JVM and of every Python worker in the job's process tree. Prints a Markdown table; run it
 with two ``--megapixels`` values to see how the peaks grow with the image size (docs/reliability.md: sizing executors).
@@ -166,14 +167,18 @@ def _main(argv=None) -> int:
             sizes = make_images(sources, os.path.join(work, "raw"), pixels, args.jpeg, args.png, args.png16)
             common = ["--set", f"ingest.max_pixels={pixels}", "--set", f"workdir={json.dumps(work)}",
                       "--set", "progress.interval_seconds=0"]
-            warehouse, dali = os.path.join(work, "warehouse"), os.path.join(work, "warehouse-dali")
-            jobs = [("ingest", ["ingest", "--input", os.path.join(work, "raw"), "--warehouse", warehouse]),
-                    ("preprocess, pil", ["preprocess", "--warehouse", warehouse]),
-                    ("preprocess, dali-cpu", ["preprocess", "--warehouse", dali, "--set", "preprocess.backend=dali-cpu"]),
-                    ("export", ["export", "--warehouse", warehouse, "--output", os.path.join(work, "shards")])]
-            for name, job in jobs:
-                if name == "preprocess, dali-cpu":
-                    shutil.copytree(warehouse, dali, ignore=shutil.ignore_patterns("processed"))
+            warehouse = os.path.join(work, "warehouse")
+            # (name, arguments, the copy of the ingested tables it runs on, or None for the first warehouse)
+            jobs = [("ingest", ["ingest", "--input", os.path.join(work, "raw"), "--warehouse", warehouse], None),
+                    ("preprocess, opencv", ["preprocess", "--warehouse", warehouse], None)]
+            for backend in ("pil", "dali-cpu"):
+                copy = os.path.join(work, f"warehouse-{backend}")
+                jobs.append((f"preprocess, {backend}",
+                             ["preprocess", "--warehouse", copy, "--set", f"preprocess.backend={backend}"], copy))
+            jobs.append(("export", ["export", "--warehouse", warehouse, "--output", os.path.join(work, "shards")], None))
+            for name, job, copy in jobs:
+                if copy is not None:
+                    shutil.copytree(warehouse, copy, ignore=shutil.ignore_patterns("processed"))
                 seconds, jvm, python, workers = run_job(job + common, os.path.join(work, "job.log"), args.heap, args.timeout)
                 rows.append((megapixels, len(sizes), max(sizes) / 1e6, name, seconds, jvm, python, workers))
         finally:

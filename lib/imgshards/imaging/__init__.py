@@ -20,6 +20,7 @@ from imgshards.imaging.codecs import (
     decode,
     decode_rgb,
     encode,
+    open_image,
     plain_rgb_jpeg_or_png,
     probe,
     process,
@@ -32,6 +33,6 @@ from imgshards.imaging.geometry import RESIZE_MODES, Geometry, center_crop_box, 
 __all__ = [
     "NPY_MAGIC", "OUTPUT_FORMATS", "QUARANTINE_REASONS", "REDUCING_GAP", "RESIZE_MODES", "SUPPORTED_FORMATS",
     "Geometry", "ImageError", "ImageInfo", "center_crop_box", "channel_histogram", "decode", "decode_rgb",
-    "Fingerprint", "encode", "fine_distance", "fingerprint", "geometry", "hamming", "plain_rgb_jpeg_or_png", "probe", "process",
-    "resize_to", "to_rgb",
+    "Fingerprint", "encode", "fine_distance", "fingerprint", "geometry", "hamming", "open_image", "plain_rgb_jpeg_or_png",
+    "probe", "process", "resize_to", "to_rgb",
 ]

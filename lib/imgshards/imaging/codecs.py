@@ -156,9 +156,10 @@ def decode_error(e: Exception) -> ImageError:
     return ImageError(reason, f"{type(e).__name__}: {e}")
 
 
-def probe(data: bytes, max_pixels: int) -> ImageInfo:
-    """Read format and size from the header (no pixel decode). Raises :class:`ImageError`."""
-    img = open_image(data, max_pixels)
+def probe(data: bytes, max_pixels: int, opened: Optional[Image.Image] = None) -> ImageInfo:
+    """Read format and size from the header (no pixel decode; ``opened``: :func:`open_image` of ``data``
+    already). Raises :class:`ImageError`."""
+    img = opened if opened is not None else open_image(data, max_pixels)
     fmt = img.format or ""  # open_image admits only the SUPPORTED_FORMATS
     if looks_truncated(data, fmt):
         raise ImageError("truncated", f"{fmt} stream has no end marker")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -41,9 +42,10 @@ def _signed(bits: np.ndarray) -> int:
     return value - (1 << 64) if value >= (1 << 63) else value
 
 
-def fingerprint(data: bytes, max_pixels: int) -> Fingerprint:
-    """The hashes and quality signals of an encoded image, oriented by its EXIF tag. Raises :class:`ImageError`."""
-    img = open_image(data, max_pixels)
+def fingerprint(data: bytes, max_pixels: int, opened: Optional[Image.Image] = None) -> Fingerprint:
+    """The hashes and quality signals of an encoded image, oriented by its EXIF tag (``opened``: :func:`open_image`
+    of ``data`` already, not loaded). Raises :class:`ImageError`."""
+    img = opened if opened is not None else open_image(data, max_pixels)
     try:
         if img.format == "JPEG":
             img.draft("L", (SIGNAL_SIDE, SIGNAL_SIDE))

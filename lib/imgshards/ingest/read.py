@@ -138,10 +138,11 @@ def probe_batches(
                 row["sha256"] = hashlib.sha256(content).hexdigest()
                 if crc32:
                     row["crc32"] = zlib.crc32(content)
-                info = imaging.probe(content, max_pixels)
+                opened = imaging.open_image(content, max_pixels)  # the header, parsed once for both
+                info = imaging.probe(content, max_pixels, opened)
                 row.update(format=info.format, width=info.width, height=info.height)
                 if phash:
-                    found = imaging.fingerprint(content, max_pixels)
+                    found = imaging.fingerprint(content, max_pixels, opened)
                     row.update(phash=found.phash, phash_fine=list(found.fine), brightness=found.brightness,
                                contrast=found.contrast, sharpness=found.sharpness)
             except imaging.ImageError as e:
