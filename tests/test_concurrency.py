@@ -97,3 +97,31 @@ def test_two_preprocess_runs_while_an_ingest_commits(spark, tmp_path):
     first_version = spark.read.format("delta").option("versionAsOf", 1).load(config.table("images").path)
     missing = first_version.select("sha256").join(processed.filter(F.col("copy") == 0), "sha256", "left_anti")
     assert missing.count() == 0
+
+
+class ConcurrentAppendException(Exception):
+    """Named as Delta's: what tables.is_conflict takes for a commit conflict."""
+
+
+def test_a_conflict_after_the_images_commit_counts_those_rows_as_ingested(spark, tmp_path, monkeypatch):
+    """A conflict in a write after ``images`` committed retries the batch, which then finds the run's own rows
+    unchanged: they are still counted as ingested, so the counts add up to what the tables hold."""
+    from imgshards.delta import tables
+
+    make_sample_dataset(str(tmp_path / "raw"), per_class=5, seed=23)
+    config = config_for(tmp_path)
+    real_upsert, raised = tables.upsert, []
+
+    def upsert(spark, table, *args, **kwargs):
+        if tables.as_table(table) == config.table("duplicates") and not raised:
+            raised.append(table)
+            raise ConcurrentAppendException("another writer appended to duplicates (injected)")
+        return real_upsert(spark, table, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "upsert", upsert)
+    monkeypatch.setattr(tables, "CONFLICT_BASE_DELAY_S", 0.01)
+    counts = run_ingest(spark, config, str(tmp_path / "raw"), "run-c")
+    assert raised, "the injected conflict did not happen: the sample has no duplicates"
+    images = spark.read.format("delta").load(config.table("images").path)
+    assert counts.ingested == images.count() > 0 and counts.unchanged == 0
+    assert counts.duplicates == spark.read.format("delta").load(config.table("duplicates").path).count() > 0

@@ -114,10 +114,13 @@ def ingest_batch(
         # A conflict with a concurrent writer redoes the write from the tables' new version: files another
         # run ingested meanwhile become unchanged rows or duplicates, never a second copy.
         # Each attempt counts on a copy of the probe's counts: what write_batch adds (buckets, conflicts, the
-        # quarantined label conflicts) must not be added twice.
+        # quarantined label conflicts) must not be added twice. The images rows an attempt wrote before its
+        # conflict are still this run's: the next attempt counts them as written, not as unchanged.
+        committed: Counter = Counter()
+
         def attempt() -> IngestCounts:
             written = copy.deepcopy(counts)
-            write_batch(spark, config, readable, probed, probed_ok, quarantine, written, run_id)
+            write_batch(spark, config, readable, probed, probed_ok, quarantine, written, run_id, committed)
             return written
 
         counts = tables.retry_on_conflict("ingest", attempt)

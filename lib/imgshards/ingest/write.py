@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import logging
 from collections import Counter
-from typing import Iterator
+from typing import Iterator, Optional
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -94,9 +94,14 @@ def _classified(probed: DataFrame, table: DataFrame, quarantine: DataFrame) -> D
 
 
 def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, probed_ok: int, quarantine: DataFrame,
-           counts: IngestCounts, run_id: str) -> None:
+                counts: IngestCounts, run_id: str, committed: Optional[Counter] = None) -> None:
     """Sort the probed files into buckets against the tables' latest version (one aggregation gives every
-    count), then write only what changes: a re-run that finds nothing new commits nothing."""
+    count), then write only what changes: a re-run that finds nothing new commits nothing.
+
+    ``committed`` carries, from one attempt to the next (a Delta conflict retries the write), the ``images``
+    rows earlier attempts of this batch wrote by bucket: a later attempt finds them unchanged, and counts them
+    where they were written."""
+    committed = Counter() if committed is None else committed
     ingest = config.ingest
     now = F.current_timestamp()
     images_table = config.table(IMAGES_TABLE)
@@ -117,6 +122,10 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
             raise RuntimeError(f"ingest sorted {sum(buckets.values())} files into buckets, but {probed_ok} passed the probe")
         counts.unchanged, counts.duplicates = buckets["unchanged"], buckets["duplicates"]
         counts.updated, counts.ingested = buckets["updated"], buckets["ingested"]
+        for bucket in BUCKETS_WRITTEN:  # written by an earlier attempt, found unchanged by this one
+            moved = min(committed[bucket], counts.unchanged)
+            counts.unchanged -= moved
+            setattr(counts, bucket, getattr(counts, bucket) + moved)
         counts.check()
         accepted = classified.filter(F.col("bucket").isin(*BUCKETS_WRITTEN))
         duplicates = classified.filter(F.col("bucket") == "duplicates")
@@ -153,7 +162,7 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
                     if in_conflict:
                         label_conflicts.record(spark, config, conflicts, run_id)
                     if counts.ingested + counts.updated:
-                        _write_rows(spark, config, files, accepted, counts, run_id)
+                        _write_rows(spark, config, files, accepted, counts, run_id, committed)
                     if counts.duplicates:
                         tables.upsert(
                             spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
@@ -232,7 +241,7 @@ def _clustered(spark, config: PipelineConfig, accepted: DataFrame, table: DataFr
 
 
 def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, counts: IngestCounts,
-                run_id: str) -> None:
+                run_id: str, committed: Counter) -> None:
     """The accepted rows (clusters joined), with their bytes unless ``content`` is ``reference``."""
     if config.ingest.content == "reference":  # path, sha256 and header fields only: no second read
         images = accepted.withColumn("content", F.lit(None).cast("binary"))
@@ -263,14 +272,15 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
     # conflicts with a concurrent ingest, whose retry then finds that run's content as duplicates); the
     # rare changed or restored paths through the full MERGE.
     images_table = config.table(IMAGES_TABLE)
-    written = 0
-    if counts.ingested:
-        written += tables.upsert(spark, images_table, IMAGES_SCHEMA, images.filter(F.col("bucket") == "ingested"), ["path"])
-    if counts.updated:
-        written += tables.upsert(spark, images_table, IMAGES_SCHEMA, images.filter(F.col("bucket") == "updated"), ["path"],
-                                 update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
-    if written != counts.ingested + counts.updated:
-        raise RuntimeError(f"wrote {written} image rows but accepted {counts.ingested + counts.updated}: "
+    # What each write commits is counted at once: a conflict in a later write retries the batch (see write_batch).
+    if counts.ingested - committed["ingested"]:
+        committed["ingested"] += tables.upsert(spark, images_table, IMAGES_SCHEMA,
+                                               images.filter(F.col("bucket") == "ingested"), ["path"])
+    if counts.updated - committed["updated"]:
+        committed["updated"] += tables.upsert(spark, images_table, IMAGES_SCHEMA, images.filter(F.col("bucket") == "updated"),
+                                              ["path"], update_when="t.sha256 <> s.sha256 OR t.deleted_at IS NOT NULL")
+    if committed["ingested"] + committed["updated"] != counts.ingested + counts.updated:
+        raise RuntimeError(f"wrote {sum(committed.values())} image rows but accepted {counts.ingested + counts.updated}: "
                            "files changed while ingest was reading them; run it again")
 
 
