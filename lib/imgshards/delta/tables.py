@@ -56,6 +56,11 @@ class ConcurrentCreation(RuntimeError):
     """Another writer was creating the same table (its log not yet committed): retried as a conflict."""
 
 
+class ConcurrentCommitSinceRead(RuntimeError):
+    """Another writer committed to a table after the version a write was computed from, and before the write
+    began (which Delta's own check, from the version the write reads, cannot see): retried as a conflict."""
+
+
 class TableVersionError(ValueError):
     """A Delta version that the table does not have; or a table that lacks columns this version writes."""
 

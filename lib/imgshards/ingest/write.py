@@ -108,7 +108,8 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
     tables.ensure_table(spark, images_table, IMAGES_SCHEMA, IMAGES_ADDED_COLUMNS)
     # Pinned to the version read: a write into the table makes Spark recompute the cached plans over it, and
     # the classification (which the later writes are joined to) must not change under them.
-    table = tables.at_version(spark, images_table, tables.latest_version(spark, images_table))
+    read_version = tables.latest_version(spark, images_table)
+    table = tables.at_version(spark, images_table, read_version)
     classified = (_classified(probed, table, quarantine)
                   .withColumn("split", split_column(split_key_column(F.col("sha256"), F.col("group_key")), ingest.split))
                   .persist(StorageLevel.MEMORY_AND_DISK))
@@ -159,10 +160,11 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
                 metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
                             "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
                 with tables.commit_metadata(spark, metadata):
+                    # images first: its MERGE is what conflicts with a concurrent ingest of the same content.
+                    if counts.ingested + counts.updated:
+                        _write_rows(spark, config, files, accepted, counts, run_id, committed, read_version)
                     if in_conflict:
                         label_conflicts.record(spark, config, conflicts, run_id)
-                    if counts.ingested + counts.updated:
-                        _write_rows(spark, config, files, accepted, counts, run_id, committed)
                     if counts.duplicates:
                         tables.upsert(
                             spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
@@ -241,7 +243,7 @@ def _clustered(spark, config: PipelineConfig, accepted: DataFrame, table: DataFr
 
 
 def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataFrame, counts: IngestCounts,
-                run_id: str, committed: Counter) -> None:
+                run_id: str, committed: Counter, read_version: int) -> None:
     """The accepted rows (clusters joined), with their bytes unless ``content`` is ``reference``."""
     if config.ingest.content == "reference":  # path, sha256 and header fields only: no second read
         images = accepted.withColumn("content", F.lit(None).cast("binary"))
@@ -272,6 +274,10 @@ def _write_rows(spark, config: PipelineConfig, files: DataFrame, accepted: DataF
     # conflicts with a concurrent ingest, whose retry then finds that run's content as duplicates); the
     # rare changed or restored paths through the full MERGE.
     images_table = config.table(IMAGES_TABLE)
+    # The rows were sorted against ``read_version``; a MERGE only conflicts with commits after the version it
+    # reads itself, so a concurrent ingest's content committed in between would go in a second time.
+    if tables.latest_version(spark, images_table) != read_version:
+        raise tables.ConcurrentCommitSinceRead(f"{images_table} changed since version {read_version}")
     # What each write commits is counted at once: a conflict in a later write retries the batch (see write_batch).
     if counts.ingested - committed["ingested"]:
         committed["ingested"] += tables.upsert(spark, images_table, IMAGES_SCHEMA,
