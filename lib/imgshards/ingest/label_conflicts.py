@@ -6,6 +6,10 @@ cluster's label (``majority``: near-duplicates only) or it is quarantined as ``l
 instead of ingested or recorded as a duplicate; the file it conflicts with stays where it is."""
 from __future__ import annotations
 
+import contextlib
+import functools
+from typing import Iterator, Optional
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -40,6 +44,27 @@ def of_clusters(accepted: DataFrame) -> DataFrame:
     return accepted.filter(_differ("label", "cluster_label")).select(
         "path", "label", F.lit("near_duplicate").alias("kind"), F.col("label_example").alias("other_path"),
         F.col("cluster_label").alias("other_label"), "sha256", *_CARRIED)
+
+
+@contextlib.contextmanager
+def found(live: DataFrame, accepted: DataFrame, duplicates: DataFrame, clustered: bool,
+          counts: IngestCounts) -> Iterator[tuple[Optional[DataFrame], dict]]:
+    """The batch's conflicts of both kinds, against the ``live`` rows (path, label) and each other, persisted
+    inside the block (None when there can be none) and counted into ``counts`` (:func:`count`), with how many
+    per bucket."""
+    parts = []
+    if counts.duplicates:
+        parts.append(of_duplicates(duplicates, live.select("path", "label").unionByName(accepted.select("path", "label"))))
+    if clustered:
+        parts.append(of_clusters(accepted))
+    if not parts:
+        yield None, {}
+        return
+    conflicts = functools.reduce(DataFrame.unionByName, parts).persist()
+    try:
+        yield conflicts, count(conflicts, counts)
+    finally:
+        conflicts.unpersist()
 
 
 def majority(accepted: DataFrame) -> DataFrame:

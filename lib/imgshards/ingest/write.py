@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import logging
 from collections import Counter
-from typing import Iterator, Optional
+from typing import Iterator
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -94,14 +94,13 @@ def _classified(probed: DataFrame, table: DataFrame, quarantine: DataFrame) -> D
 
 
 def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFrame, probed_ok: int, quarantine: DataFrame,
-                counts: IngestCounts, run_id: str, committed: Optional[Counter] = None) -> None:
+                counts: IngestCounts, run_id: str, committed: Counter) -> None:
     """Sort the probed files into buckets against the tables' latest version (one aggregation gives every
     count), then write only what changes: a re-run that finds nothing new commits nothing.
 
     ``committed`` carries, from one attempt to the next (a Delta conflict retries the write), the ``images``
     rows earlier attempts of this batch wrote by bucket: a later attempt finds them unchanged, and counts them
     where they were written."""
-    committed = Counter() if committed is None else committed
     ingest = config.ingest
     now = F.current_timestamp()
     images_table = config.table(IMAGES_TABLE)
@@ -131,55 +130,45 @@ def write_batch(spark, config: PipelineConfig, files: DataFrame, probed: DataFra
         accepted = classified.filter(F.col("bucket").isin(*BUCKETS_WRITTEN))
         duplicates = classified.filter(F.col("bucket") == "duplicates")
         sorted_out = classified  # the files whose bucket stands (a quarantined label conflict's does not)
-        with _clustered(spark, config, accepted, table, counts) as (accepted, clustered):
-            found = []
-            if counts.duplicates:
-                kept = (table.filter(F.col("deleted_at").isNull()).select("path", "label")
-                        .unionByName(accepted.select("path", "label")))
-                found.append(label_conflicts.of_duplicates(duplicates, kept))
-            if clustered:
-                found.append(label_conflicts.of_clusters(accepted))
-            conflicts = functools.reduce(DataFrame.unionByName, found).persist() if found else None
-            try:
-                in_conflict = label_conflicts.count(conflicts, counts) if conflicts is not None else {}
-                if in_conflict and ingest.label_conflicts == "quarantine":
-                    quarantine = quarantine.unionByName(label_conflicts.quarantine(conflicts, in_conflict, counts, run_id))
-                    moved = conflicts.select("path")
-                    sorted_out, accepted, duplicates = (frame.join(moved, "path", "left_anti")
-                                                        for frame in (classified, accepted, duplicates))
-                elif clustered and ingest.label_conflicts == "majority":
-                    accepted = label_conflicts.majority(accepted)
+        live = table.filter(F.col("deleted_at").isNull())
+        # (One statement of two managers, not a parenthesized group: Python 3.9 runs the Spark 3.5 stack.)
+        with _clustered(spark, config, accepted, live, counts) as (accepted, clustered), \
+                label_conflicts.found(live, accepted, duplicates, clustered, counts) as (conflicts, in_conflict):
+            if in_conflict and ingest.label_conflicts == "quarantine":
+                quarantine = quarantine.unionByName(label_conflicts.quarantine(conflicts, in_conflict, counts, run_id))
+                moved = conflicts.select("path")
+                sorted_out, accepted, duplicates = (frame.join(moved, "path", "left_anti")
+                                                    for frame in (classified, accepted, duplicates))
+            elif clustered and ingest.label_conflicts == "majority":
+                accepted = label_conflicts.majority(accepted)
+            if counts.ingested + counts.updated:
+                counts.quality = quality.counts(accepted, ingest.quality)
+            if ingest.labels.source != "none":
+                examples = (accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect()
+                            if unlabeled else [])
+                counts.labels_report.update(
+                    files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
+                    files_without_label_examples=[r[0] for r in examples])
+            metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
+                        "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
+            with tables.commit_metadata(spark, metadata):
+                # images first: its MERGE is what conflicts with a concurrent ingest of the same content.
                 if counts.ingested + counts.updated:
-                    counts.quality = quality.counts(accepted, ingest.quality)
-                if ingest.labels.source != "none":
-                    examples = (accepted.filter(F.col("label").isNull()).select("path").limit(EXAMPLES).collect()
-                                if unlabeled else [])
-                    counts.labels_report.update(
-                        files_without_label=unlabeled + counts.quarantine_reasons.get("unlabeled", 0),
-                        files_without_label_examples=[r[0] for r in examples])
-                metadata = {"job": "ingest", "run_id": run_id, "config_fingerprint": config.fingerprint("ingest"),
-                            "counts": {k: v for k, v in dataclasses.asdict(counts).items() if isinstance(v, int)}}
-                with tables.commit_metadata(spark, metadata):
-                    # images first: its MERGE is what conflicts with a concurrent ingest of the same content.
-                    if counts.ingested + counts.updated:
-                        _write_rows(spark, config, files, accepted, counts, run_id, committed, read_version)
-                    if in_conflict:
-                        label_conflicts.record(spark, config, conflicts, run_id)
-                    if counts.duplicates:
-                        tables.upsert(
-                            spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
-                            duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"),
-                                              F.lit(run_id).alias("run_id")),
-                            ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of",
-                            check_first=True, run_id=run_id,
-                        )
-                    if counts.quarantined:
-                        tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
-                                      QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
-                    counts.superseded = _follow_the_files(spark, config, sorted_out, quarantine)
-            finally:
-                if conflicts is not None:
-                    conflicts.unpersist()
+                    _write_rows(spark, config, files, accepted, counts, run_id, committed, read_version)
+                if in_conflict:
+                    label_conflicts.record(spark, config, conflicts, run_id)
+                if counts.duplicates:
+                    tables.upsert(
+                        spark, config.table(DUPLICATES_TABLE), DUPLICATES_SCHEMA,
+                        duplicates.select("path", "sha256", "duplicate_of", now.alias("detected_at"),
+                                          F.lit(run_id).alias("run_id")),
+                        ["path"], update_when="t.sha256 <> s.sha256 OR t.duplicate_of <> s.duplicate_of",
+                        check_first=True, run_id=run_id,
+                    )
+                if counts.quarantined:
+                    tables.upsert(spark, config.table(QUARANTINE_TABLE), QUARANTINE_SCHEMA, quarantine,
+                                  QUARANTINE_KEYS, update_when=QUARANTINE_CHANGED, check_first=True, run_id=run_id)
+                counts.superseded = _follow_the_files(spark, config, sorted_out, quarantine)
     finally:
         classified.unpersist()
 
@@ -224,7 +213,7 @@ def _follow_the_files(spark, config: PipelineConfig, classified: DataFrame, quar
 
 
 @contextlib.contextmanager
-def _clustered(spark, config: PipelineConfig, accepted: DataFrame, table: DataFrame,
+def _clustered(spark, config: PipelineConfig, accepted: DataFrame, live: DataFrame,
                counts: IngestCounts) -> Iterator[tuple[DataFrame, bool]]:
     """The accepted rows with their near-duplicate clusters joined (near_dup_cluster, cluster_label,
     label_example) and the split of their cluster, and whether any has a cluster; valid inside the block."""
@@ -233,7 +222,7 @@ def _clustered(spark, config: PipelineConfig, accepted: DataFrame, table: DataFr
     if not (nd.enabled and counts.ingested + counts.updated):
         yield unclustered, False
         return
-    with near_duplicates.clusters(spark, nd, accepted, table.filter(F.col("deleted_at").isNull())) as (clusters, report):
+    with near_duplicates.clusters(spark, nd, accepted, live) as (clusters, report):
         counts.near_duplicates = report
         if clusters is None:
             yield unclustered, False
